@@ -1,0 +1,555 @@
+//! [`Worker`]: leases jobs from queues, runs async handlers on them, keeps their leases
+//! alive with heartbeats and reports each handler's [`Outcome`].
+//!
+//! Lifecycle: one lease loop per queue long-polls for as many jobs as it has free slots.
+//! Each leased job runs in its own task; the handler runs in a task of its own below it,
+//! so a panic becomes a retryable failure instead of taking the worker down. On shutdown
+//! the loops stop leasing, in-flight handlers get a grace period to finish, and the
+//! jobs whose handlers are still running after it are *released*: failed as retryable
+//! with `retry_after_ms: 0`, so another worker picks them up at once instead of waiting
+//! for the lease to run out.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::task::{JoinError, JoinSet};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use vow_core::api::{
+    CompleteRequest, FailRequest, FailureBody, HeartbeatRequest, LeaseRequest, LeasedJob,
+};
+use vow_core::QueueName;
+
+use crate::{Client, Error};
+
+/// What became of one attempt of a job: handlers return it as a value.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// Done; the value (if any) is stored as the job's `result`.
+    Complete(Option<Value>),
+    /// This attempt failed; run the job again, after `after` if given, else after the
+    /// job's backoff delay. A job out of attempts becomes `dead` all the same.
+    Retry {
+        /// What went wrong.
+        error: FailureBody,
+        /// Run again after this long instead of the backoff delay.
+        after: Option<Duration>,
+    },
+    /// Failed for good: the job becomes `dead` at once, whatever attempts are left
+    /// (it can still be replayed with `retry`).
+    Fail(FailureBody),
+}
+
+impl Outcome {
+    /// A retryable failure with `message`, retried after the job's backoff delay.
+    pub fn retry(message: impl Into<String>) -> Self {
+        Outcome::Retry {
+            error: failure(message, None),
+            after: None,
+        }
+    }
+
+    /// A non-retryable failure with `message`: the job becomes `dead`.
+    pub fn fail(message: impl Into<String>) -> Self {
+        Outcome::Fail(failure(message, None))
+    }
+}
+
+fn failure(message: impl Into<String>, code: Option<&str>) -> FailureBody {
+    FailureBody {
+        message: message.into(),
+        code: code.map(str::to_owned),
+    }
+}
+
+/// What a handler gets: the leased job and ways to talk back while it runs.
+#[derive(Clone)]
+pub struct JobContext {
+    job: Arc<LeasedJob>,
+    client: Client,
+    progress: Arc<Mutex<Option<Value>>>,
+    lease_lost: CancellationToken,
+    shutdown: CancellationToken,
+}
+
+impl JobContext {
+    /// The leased job: id, attempt (1-based), payload, metadata, …
+    pub fn job(&self) -> &LeasedJob {
+        &self.job
+    }
+
+    /// The worker's client, e.g. to enqueue follow-up jobs.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// Records progress; it is sent with the next heartbeat (the latest value wins).
+    pub fn set_progress(&self, progress: Value) {
+        *self.progress.lock().unwrap_or_else(|e| e.into_inner()) = Some(progress);
+    }
+
+    /// Cancelled when the server reports the lease lost (it expired, or the job was
+    /// cancelled or taken over). Whatever the handler returns afterwards is dropped, so
+    /// a handler may stop early when it sees this.
+    pub fn lease_lost(&self) -> &CancellationToken {
+        &self.lease_lost
+    }
+
+    /// Cancelled when the worker starts shutting down. The handler still has the grace
+    /// period to finish; one that can stop early may return
+    /// `Outcome::Retry { after: Some(Duration::ZERO), .. }`.
+    pub fn shutdown(&self) -> &CancellationToken {
+        &self.shutdown
+    }
+
+    fn progress(&self) -> Option<Value> {
+        self.progress
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+type Handler =
+    Arc<dyn Fn(JobContext) -> Pin<Box<dyn Future<Output = Outcome> + Send>> + Send + Sync>;
+
+struct QueueSpec {
+    name: QueueName,
+    concurrency: usize,
+    handler: Handler,
+}
+
+/// Settings shared by all lease loops and job tasks of one worker.
+struct Shared {
+    client: Client,
+    worker_id: String,
+    wait: Duration,
+    lease_ms: Option<u64>,
+}
+
+/// Runs handlers for jobs of one or more queues; see the [module docs](self).
+pub struct Worker {
+    shared: Shared,
+    grace: Duration,
+    queues: Vec<QueueSpec>,
+}
+
+impl std::fmt::Debug for Worker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Worker")
+            .field("worker_id", &self.shared.worker_id)
+            .field(
+                "queues",
+                &self
+                    .queues
+                    .iter()
+                    .map(|q| (q.name.as_str(), q.concurrency))
+                    .collect::<Vec<_>>(),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+impl Worker {
+    /// A worker with no queues yet, leasing with `client`. Defaults: worker id
+    /// `<hostname>/pid-<pid>`, long-poll wait 30 s, lease length the job's own
+    /// `timeout_ms`, shutdown grace 30 s.
+    pub fn new(client: Client) -> Self {
+        Self {
+            shared: Shared {
+                client,
+                worker_id: default_worker_id(),
+                wait: Duration::from_secs(30),
+                lease_ms: None,
+            },
+            grace: Duration::from_secs(30),
+            queues: Vec::new(),
+        }
+    }
+
+    /// The id the server records as the lease holder (for operators).
+    pub fn worker_id(mut self, id: impl Into<String>) -> Self {
+        self.shared.worker_id = id.into();
+        self
+    }
+
+    /// Asks for leases of this length instead of each job's `timeout_ms`. Heartbeats
+    /// go out every third of it.
+    pub fn lease_ms(mut self, ms: u64) -> Self {
+        self.shared.lease_ms = Some(ms);
+        self
+    }
+
+    /// How long one lease request waits on the server when nothing is available.
+    pub fn poll_wait(mut self, wait: Duration) -> Self {
+        self.shared.wait = wait;
+        self
+    }
+
+    /// How long in-flight handlers may run after shutdown begins before their jobs are
+    /// released.
+    pub fn shutdown_grace(mut self, grace: Duration) -> Self {
+        self.grace = grace;
+        self
+    }
+
+    /// Runs `handler` on jobs of `queue`, at most `concurrency` at a time (at least 1).
+    /// Registering a queue twice runs two independent loops.
+    pub fn handle<F, Fut>(mut self, queue: QueueName, concurrency: usize, handler: F) -> Self
+    where
+        F: Fn(JobContext) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Outcome> + Send + 'static,
+    {
+        let handler: Handler = Arc::new(move |ctx| Box::pin(handler(ctx)));
+        self.queues.push(QueueSpec {
+            name: queue,
+            concurrency: concurrency.max(1),
+            handler,
+        });
+        self
+    }
+
+    /// Leases and runs jobs until `shutdown` is cancelled, then shuts down gracefully
+    /// (see the [module docs](self)) and returns `Ok`.
+    ///
+    /// Transient lease errors (network, `5xx`, `429`) are logged and retried with
+    /// backoff. An error that retrying cannot fix — `401`, `403` or `400` on lease —
+    /// stops leasing on all queues, lets in-flight jobs finish as on shutdown, and is
+    /// returned. With no queues registered it returns at once.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), Error> {
+        let stop_leasing = shutdown.child_token();
+        let hard_stop = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let shared = Arc::new(self.shared);
+        let mut loops = JoinSet::new();
+        for spec in self.queues {
+            loops.spawn(lease_loop(
+                shared.clone(),
+                spec,
+                stop_leasing.clone(),
+                hard_stop.clone(),
+                tracker.clone(),
+            ));
+        }
+        let mut result = Ok(());
+        while let Some(joined) = loops.join_next().await {
+            let failed = match joined {
+                Ok(Ok(())) => None,
+                Ok(Err(e)) => Some(e),
+                Err(e) => {
+                    tracing::error!(error = %e, "a lease loop crashed");
+                    None
+                }
+            };
+            if let Some(e) = failed {
+                tracing::error!(error = %e, "leasing failed and cannot recover; stopping");
+                stop_leasing.cancel();
+                if result.is_ok() {
+                    result = Err(e);
+                }
+            }
+        }
+        tracker.close();
+        if tokio::time::timeout(self.grace, tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                jobs = tracker.len(),
+                grace_ms = self.grace.as_millis() as u64,
+                "handlers still running after the grace period; releasing their jobs"
+            );
+            hard_stop.cancel();
+            tracker.wait().await;
+        }
+        result
+    }
+}
+
+fn default_worker_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".to_owned());
+    format!("{host}/pid-{}", std::process::id())
+}
+
+/// Errors on lease that retrying cannot fix.
+fn is_fatal(e: &Error) -> bool {
+    matches!(e.status(), Some(400 | 401 | 403)) || matches!(e, Error::InvalidUrl { .. })
+}
+
+async fn lease_loop(
+    shared: Arc<Shared>,
+    spec: QueueSpec,
+    stop: CancellationToken,
+    hard_stop: CancellationToken,
+    tracker: TaskTracker,
+) -> Result<(), Error> {
+    const MIN_BACKOFF: Duration = Duration::from_millis(100);
+    const MAX_BACKOFF: Duration = Duration::from_secs(5);
+    let slots = Arc::new(Semaphore::new(spec.concurrency));
+    let mut backoff = MIN_BACKOFF;
+    loop {
+        let first = tokio::select! {
+            biased;
+            _ = stop.cancelled() => return Ok(()),
+            permit = slots.clone().acquire_owned() => match permit {
+                Ok(p) => p,
+                Err(_) => return Ok(()),
+            },
+        };
+        let mut permits = vec![first];
+        while let Ok(p) = slots.clone().try_acquire_owned() {
+            permits.push(p);
+        }
+        let req = LeaseRequest {
+            worker_id: shared.worker_id.clone(),
+            max_jobs: Some(permits.len() as u32),
+            wait_ms: Some(shared.wait.as_millis() as u64),
+            lease_ms: shared.lease_ms,
+        };
+        let started = Instant::now();
+        // Dropping an in-flight long-poll on shutdown may strand a job the server has
+        // just leased to us; its lease runs out and it is retried (at-least-once).
+        let resp = tokio::select! {
+            biased;
+            _ = stop.cancelled() => return Ok(()),
+            r = shared.client.lease(spec.name.as_str(), &req) => r,
+        };
+        match resp {
+            Ok(resp) => {
+                backoff = MIN_BACKOFF;
+                if resp.jobs.is_empty() && started.elapsed() < Duration::from_millis(50) {
+                    // The server did not long-poll; do not spin.
+                    tokio::select! {
+                        _ = stop.cancelled() => return Ok(()),
+                        _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+                    }
+                }
+                for job in resp.jobs {
+                    let permit = permits.pop();
+                    if permit.is_none() {
+                        tracing::warn!(queue = %spec.name, job_id = %job.id, "the server leased more jobs than asked for");
+                    }
+                    tracker.spawn(run_job(
+                        shared.clone(),
+                        spec.handler.clone(),
+                        job,
+                        permit,
+                        stop.clone(),
+                        hard_stop.clone(),
+                    ));
+                }
+            }
+            Err(e) if is_fatal(&e) => return Err(e),
+            Err(e) => {
+                tracing::warn!(queue = %spec.name, error = %e, retry_in_ms = backoff.as_millis() as u64, "lease failed");
+                drop(permits);
+                tokio::select! {
+                    _ = stop.cancelled() => return Ok(()),
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+    }
+}
+
+/// The lease length to heartbeat for: the requested one, else what the server granted.
+fn lease_length(requested: Option<u64>, job: &LeasedJob) -> Duration {
+    Duration::from_millis(requested.unwrap_or(job.lease_ms).max(300))
+}
+
+/// The outcome of a handler task that did not return normally.
+fn outcome_of_join(res: Result<Outcome, JoinError>) -> Outcome {
+    match res {
+        Ok(outcome) => outcome,
+        Err(e) if e.is_panic() => {
+            let payload = e.into_panic();
+            let msg = payload
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "non-string panic payload".to_owned());
+            Outcome::Retry {
+                error: failure(format!("handler panicked: {msg}"), Some("panic")),
+                after: None,
+            }
+        }
+        Err(_) => Outcome::Retry {
+            error: failure("handler task was cancelled", Some("cancelled")),
+            after: None,
+        },
+    }
+}
+
+async fn run_job(
+    shared: Arc<Shared>,
+    handler: Handler,
+    job: LeasedJob,
+    _permit: Option<OwnedSemaphorePermit>,
+    shutdown: CancellationToken,
+    hard_stop: CancellationToken,
+) {
+    let lease = lease_length(shared.lease_ms, &job);
+    let period = (lease / 3).max(Duration::from_millis(50));
+    let id = job.id.clone();
+    let lease_id = job.lease_id.clone();
+    let queue = job.queue.clone();
+    let ctx = JobContext {
+        job: Arc::new(job),
+        client: shared.client.clone(),
+        progress: Arc::default(),
+        lease_lost: CancellationToken::new(),
+        shutdown,
+    };
+    let mut task = tokio::spawn(handler(ctx.clone()));
+    let mut tick = tokio::time::interval_at(Instant::now() + period, period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut lost = false;
+    let outcome = loop {
+        tokio::select! {
+            res = &mut task => break Some(outcome_of_join(res)),
+            _ = tick.tick(), if !lost => {
+                let req = HeartbeatRequest {
+                    lease_id: lease_id.clone(),
+                    extend_ms: Some(lease.as_millis() as u64),
+                    progress: ctx.progress(),
+                };
+                match tokio::time::timeout(period, shared.client.heartbeat(&id, &req)).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) if e.is_lease_lost() => {
+                        tracing::warn!(%queue, job_id = %id, "lease lost while the handler ran; its result will be dropped");
+                        lost = true;
+                        ctx.lease_lost.cancel();
+                    }
+                    Ok(Err(e)) => tracing::warn!(%queue, job_id = %id, error = %e, "heartbeat failed"),
+                    Err(_) => tracing::warn!(%queue, job_id = %id, "heartbeat timed out"),
+                }
+            }
+            _ = hard_stop.cancelled() => {
+                task.abort();
+                break None;
+            }
+        }
+    };
+    if lost {
+        return;
+    }
+    let Some(outcome) = outcome else {
+        let req = FailRequest {
+            lease_id,
+            error: failure(
+                "the worker shut down before the handler finished",
+                Some("worker_shutdown"),
+            ),
+            retryable: Some(true),
+            retry_after_ms: Some(0),
+        };
+        match shared.client.fail(&id, &req).await {
+            Ok(_) => tracing::info!(%queue, job_id = %id, "released unfinished job"),
+            Err(e) => {
+                tracing::warn!(%queue, job_id = %id, error = %e, "could not release job; it will run again when its lease expires")
+            }
+        }
+        return;
+    };
+    report(&shared.client, &queue, &id, lease_id, outcome).await;
+}
+
+/// Sends the outcome, retrying transient failures a few times: losing a result means
+/// running the job again.
+async fn report(
+    client: &Client,
+    queue: &QueueName,
+    id: &vow_core::JobId,
+    lease_id: vow_core::LeaseId,
+    outcome: Outcome,
+) {
+    let mut delay = Duration::from_millis(200);
+    for attempt in 1..=5 {
+        let res = match &outcome {
+            Outcome::Complete(result) => {
+                let req = CompleteRequest {
+                    lease_id: lease_id.clone(),
+                    result: result.clone(),
+                };
+                client.complete(id, &req).await
+            }
+            Outcome::Retry { error, after } => {
+                let req = FailRequest {
+                    lease_id: lease_id.clone(),
+                    error: error.clone(),
+                    retryable: Some(true),
+                    retry_after_ms: after.map(|d| d.as_millis() as u64),
+                };
+                client.fail(id, &req).await
+            }
+            Outcome::Fail(error) => {
+                let req = FailRequest {
+                    lease_id: lease_id.clone(),
+                    error: error.clone(),
+                    retryable: Some(false),
+                    retry_after_ms: None,
+                };
+                client.fail(id, &req).await
+            }
+        };
+        match res {
+            Ok(job) => {
+                tracing::debug!(%queue, job_id = %id, state = %job.state, "reported outcome");
+                return;
+            }
+            Err(e) if e.is_lease_lost() => {
+                tracing::warn!(%queue, job_id = %id, "lease lost before the outcome was reported; result dropped");
+                return;
+            }
+            Err(e) if e.is_transient() && attempt < 5 => {
+                tracing::warn!(%queue, job_id = %id, error = %e, "reporting the outcome failed; retrying");
+                tokio::time::sleep(delay).await;
+                delay *= 2;
+            }
+            Err(e) => {
+                tracing::error!(%queue, job_id = %id, error = %e, "could not report the outcome; the job will run again when its lease expires");
+                return;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn panics_become_retryable_failures() {
+        let res = tokio::spawn(async { panic!("boom") }).await;
+        match outcome_of_join(res) {
+            Outcome::Retry { error, after } => {
+                assert_eq!(error.message, "handler panicked: boom");
+                assert_eq!(error.code.as_deref(), Some("panic"));
+                assert_eq!(after, None);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn outcome_shorthands() {
+        assert!(
+            matches!(Outcome::fail("x"), Outcome::Fail(FailureBody { message, .. }) if message == "x")
+        );
+        assert!(matches!(
+            Outcome::retry("y"),
+            Outcome::Retry { after: None, .. }
+        ));
+    }
+}

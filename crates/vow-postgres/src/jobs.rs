@@ -1,0 +1,728 @@
+//! Job operations of the PostgreSQL store.
+//!
+//! Single-job transitions (ack, heartbeat, cancel, retry, promote, reap) lock their rows
+//! (`FOR UPDATE`, in id order so concurrent batches cannot deadlock; the sweeps use
+//! `SKIP LOCKED`), apply the domain state machine ([`vow_core::machine::apply`]) in
+//! Rust, and write every changed row back with one `UNNEST` update and every event with
+//! one `UNNEST` insert: a batch costs the same round trips as one job, and the store
+//! cannot disagree with the reference model. The lease, the hot path, is one statement
+//! that picks with `SKIP LOCKED`, updates and logs; its SQL mirrors `Op::Lease`.
+
+use std::collections::{HashMap, HashSet};
+
+use deadpool_postgres::GenericClient;
+use serde_json::json;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::Row;
+use vow_core::api::{JobEventView, Page};
+use vow_core::machine::{apply, EventKind, Op, Refusal};
+use vow_core::retry::jitter;
+use vow_core::{Job, JobId, JobState, LeaseId, TenantId, Timestamp};
+use vow_store::*;
+
+use crate::rows::{
+    event_from_row, job_cols, job_from_row, opt_json, to_json, EVENT_COLS, JOB_COLS,
+};
+use crate::{pg_err, Effects};
+
+type Params<'a> = [&'a (dyn ToSql + Sync)];
+
+/// Runs a query through the connection's statement cache.
+pub(crate) async fn query(
+    c: &impl GenericClient,
+    sql: &str,
+    params: &Params<'_>,
+) -> StoreResult<Vec<Row>> {
+    let st = c.prepare_cached(sql).await.map_err(pg_err)?;
+    c.query(&st, params).await.map_err(pg_err)
+}
+
+/// Runs a statement through the connection's statement cache.
+pub(crate) async fn execute(
+    c: &impl GenericClient,
+    sql: &str,
+    params: &Params<'_>,
+) -> StoreResult<u64> {
+    let st = c.prepare_cached(sql).await.map_err(pg_err)?;
+    c.execute(&st, params).await.map_err(pg_err)
+}
+
+fn refusal(r: Refusal) -> StoreError {
+    match r {
+        Refusal::LeaseLost => StoreError::LeaseLost,
+        Refusal::InvalidState(s) => StoreError::InvalidState(s),
+    }
+}
+
+/// An event about to be logged, with the job as it is after the transition.
+struct Pending {
+    job: Job,
+    kind: EventKind,
+    from: Option<JobState>,
+}
+
+fn detail(job: &Job, kind: EventKind) -> Option<serde_json::Value> {
+    match kind {
+        EventKind::Leased => job.worker_id.as_ref().map(|w| json!({ "worker_id": w })),
+        EventKind::Failed | EventKind::LeaseExpired | EventKind::Dead => {
+            job.last_error.as_ref().map(|e| json!({ "error": e }))
+        }
+        _ => None,
+    }
+}
+
+/// Logs events in one statement and queues their publication and the wake-ups they imply.
+async fn record(
+    tx: &impl GenericClient,
+    fx: &mut Effects,
+    pending: Vec<Pending>,
+    now: Timestamp,
+) -> StoreResult<()> {
+    if pending.is_empty() {
+        return Ok(());
+    }
+    let details: Vec<Option<serde_json::Value>> =
+        pending.iter().map(|p| detail(&p.job, p.kind)).collect();
+    let tenants: Vec<&str> = pending.iter().map(|p| p.job.tenant_id.as_str()).collect();
+    let ids: Vec<&str> = pending.iter().map(|p| p.job.id.as_str()).collect();
+    let queues: Vec<&str> = pending.iter().map(|p| p.job.queue.as_str()).collect();
+    let kinds: Vec<&str> = pending.iter().map(|p| p.kind.as_str()).collect();
+    let froms: Vec<Option<&str>> = pending.iter().map(|p| p.from.map(|s| s.as_str())).collect();
+    let tos: Vec<&str> = pending.iter().map(|p| p.job.state.as_str()).collect();
+    let attempts: Vec<i32> = pending.iter().map(|p| p.job.attempt as i32).collect();
+    let texts: Vec<Option<String>> = details.iter().map(opt_json).collect();
+    let rows = query(
+        tx,
+        "INSERT INTO job_events (tenant_id, job_id, queue, kind, from_state, to_state, attempt, at, detail) \
+         SELECT t, j, q, k, f, s, a, $8::int8, d \
+         FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], \
+                     $7::int4[], $9::text[]) AS u(t, j, q, k, f, s, a, d) \
+         RETURNING seq",
+        &[
+            &tenants, &ids, &queues, &kinds, &froms, &tos, &attempts, &now.0, &texts,
+        ],
+    )
+    .await?;
+    // One sequence, consumed in row order within the statement: sorted seqs match rows.
+    let mut seqs: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
+    seqs.sort_unstable();
+    for ((p, detail), seq) in pending.into_iter().zip(details).zip(seqs) {
+        match p.job.state {
+            JobState::Available => fx.wake.push((p.job.tenant_id.clone(), p.job.queue.clone())),
+            JobState::Scheduled => fx.nudge_chores = true,
+            _ => {}
+        }
+        fx.events.push((
+            p.job.tenant_id.clone(),
+            JobEventView {
+                seq,
+                job_id: p.job.id,
+                queue: p.job.queue,
+                kind: p.kind,
+                from_state: p.from,
+                to_state: p.job.state,
+                attempt: p.job.attempt,
+                at: now,
+                detail,
+            },
+        ));
+    }
+    Ok(())
+}
+
+/// Writes back every column a transition may change, for all `jobs`, in one statement.
+async fn save_many(tx: &impl GenericClient, jobs: &[&Job]) -> StoreResult<()> {
+    if jobs.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<&str> = jobs.iter().map(|j| j.id.as_str()).collect();
+    let states: Vec<&str> = jobs.iter().map(|j| j.state.as_str()).collect();
+    let attempts: Vec<i32> = jobs.iter().map(|j| j.attempt as i32).collect();
+    let results: Vec<Option<String>> = jobs.iter().map(|j| opt_json(&j.result)).collect();
+    let errors: Vec<Option<String>> = jobs.iter().map(|j| opt_json(&j.last_error)).collect();
+    let progress: Vec<Option<String>> = jobs.iter().map(|j| opt_json(&j.progress)).collect();
+    let run_at: Vec<i64> = jobs.iter().map(|j| j.run_at.0).collect();
+    let started: Vec<Option<i64>> = jobs.iter().map(|j| j.started_at.map(|t| t.0)).collect();
+    let finished: Vec<Option<i64>> = jobs.iter().map(|j| j.finished_at.map(|t| t.0)).collect();
+    let leases: Vec<Option<&str>> = jobs
+        .iter()
+        .map(|j| j.lease_id.as_ref().map(|l| l.as_str()))
+        .collect();
+    let expires: Vec<Option<i64>> = jobs
+        .iter()
+        .map(|j| j.lease_expires_at.map(|t| t.0))
+        .collect();
+    let workers: Vec<Option<&str>> = jobs.iter().map(|j| j.worker_id.as_deref()).collect();
+    execute(
+        tx,
+        "UPDATE jobs j SET state = u.state, attempt = u.attempt, result = u.result, \
+         last_error = u.last_error, progress = u.progress, run_at = u.run_at, \
+         started_at = u.started_at, finished_at = u.finished_at, lease_id = u.lease_id, \
+         lease_expires_at = u.lease_expires_at, worker_id = u.worker_id \
+         FROM unnest($1::text[], $2::text[], $3::int4[], $4::text[], $5::text[], $6::text[], \
+                     $7::int8[], $8::int8[], $9::int8[], $10::text[], $11::int8[], $12::text[]) \
+              AS u(id, state, attempt, result, last_error, progress, run_at, started_at, \
+                   finished_at, lease_id, lease_expires_at, worker_id) \
+         WHERE j.id = u.id",
+        &[
+            &ids, &states, &attempts, &results, &errors, &progress, &run_at, &started, &finished,
+            &leases, &expires, &workers,
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Applies `steps` (in order) to the locked `jobs`, saves the changed ones and logs
+/// their events. One outcome per step; a missing job is `NotFound`.
+async fn apply_steps(
+    tx: &impl GenericClient,
+    fx: &mut Effects,
+    mut jobs: HashMap<JobId, Job>,
+    steps: Vec<(JobId, Op)>,
+    now: Timestamp,
+) -> StoreResult<Vec<StoreResult<Job>>> {
+    let mut out = Vec::with_capacity(steps.len());
+    let mut dirty = HashSet::new();
+    let mut pending = Vec::new();
+    for (id, op) in steps {
+        let Some(job) = jobs.get_mut(&id) else {
+            out.push(Err(StoreError::NotFound));
+            continue;
+        };
+        let from = job.state;
+        let is_heartbeat = matches!(op, Op::Heartbeat { .. });
+        match apply(job, op, now, jitter()) {
+            Ok(kind) => {
+                dirty.insert(id);
+                if !is_heartbeat {
+                    pending.push(Pending {
+                        job: job.clone(),
+                        kind,
+                        from: Some(from),
+                    });
+                }
+                out.push(Ok(job.clone()));
+            }
+            Err(r) => out.push(Err(refusal(r))),
+        }
+    }
+    let changed: Vec<&Job> = dirty.iter().filter_map(|id| jobs.get(id)).collect();
+    save_many(tx, &changed).await?;
+    record(tx, fx, pending, now).await?;
+    Ok(out)
+}
+
+/// Locks a tenant's jobs by id (in id order) and applies one op to each.
+async fn transition_many(
+    tx: &impl GenericClient,
+    fx: &mut Effects,
+    tenant: &TenantId,
+    steps: Vec<(JobId, Op)>,
+    now: Timestamp,
+) -> StoreResult<Vec<StoreResult<Job>>> {
+    let mut ids: Vec<&str> = steps.iter().map(|(id, _)| id.as_str()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let rows = query(
+        tx,
+        &format!(
+            "SELECT {JOB_COLS} FROM jobs WHERE tenant_id = $1 AND id = ANY($2::text[]) \
+             ORDER BY id FOR UPDATE"
+        ),
+        &[&tenant.as_str(), &ids],
+    )
+    .await?;
+    let jobs = rows
+        .iter()
+        .map(|r| job_from_row(r).map(|j| (j.id.clone(), j)))
+        .collect::<StoreResult<HashMap<_, _>>>()?;
+    apply_steps(tx, fx, jobs, steps, now).await
+}
+
+async fn transition_one(
+    tx: &impl GenericClient,
+    fx: &mut Effects,
+    tenant: &TenantId,
+    id: &JobId,
+    op: Op,
+    now: Timestamp,
+) -> StoreResult<Job> {
+    transition_many(tx, fx, tenant, vec![(id.clone(), op)], now)
+        .await?
+        .pop()
+        .unwrap_or(Err(StoreError::NotFound))
+}
+
+pub(crate) async fn insert_many(
+    tx: &impl GenericClient,
+    fx: &mut Effects,
+    p: &JobInsertMany,
+) -> StoreResult<Vec<Inserted>> {
+    let (tenant, queue) = (p.tenant_id.as_str(), p.queue.as_str());
+    execute(
+        tx,
+        "INSERT INTO queues (tenant_id, name, created_at) VALUES ($1, $2, $3) \
+         ON CONFLICT DO NOTHING",
+        &[&tenant, &queue, &p.now.0],
+    )
+    .await?;
+    // Idempotency keys already used in this queue (a concurrent insert of the same key
+    // on another node makes this transaction fail on the unique index and be retried).
+    let keys: Vec<&str> = p
+        .jobs
+        .iter()
+        .filter_map(|j| j.idempotency.as_ref().map(|i| i.key.as_str()))
+        .collect();
+    let mut known: HashMap<String, (JobId, Option<String>)> = HashMap::new();
+    if !keys.is_empty() {
+        for r in query(
+            tx,
+            "SELECT idempotency_key, id, request_hash FROM jobs \
+             WHERE tenant_id = $1 AND queue = $2 AND idempotency_key = ANY($3::text[])",
+            &[&tenant, &queue, &keys],
+        )
+        .await?
+        {
+            let id: &str = r.get(1);
+            known.insert(r.get(0), (id.parse().map_err(crate::internal)?, r.get(2)));
+        }
+    }
+    enum Slot {
+        New(usize),
+        Old(JobId),
+    }
+    let mut slots = Vec::with_capacity(p.jobs.len());
+    let mut fresh = Vec::new();
+    for (i, new) in p.jobs.iter().enumerate() {
+        if let Some(idem) = &new.idempotency {
+            if let Some((id, hash)) = known.get(&idem.key) {
+                if hash.as_deref() != Some(idem.request_hash.as_str()) {
+                    return Err(StoreError::IdempotencyConflict(id.clone()));
+                }
+                slots.push(Slot::Old(id.clone()));
+                continue;
+            }
+            known.insert(
+                idem.key.clone(),
+                (new.id.clone(), Some(idem.request_hash.clone())),
+            );
+        }
+        slots.push(Slot::New(i));
+        fresh.push(new);
+    }
+    if !fresh.is_empty() {
+        let ids: Vec<&str> = fresh.iter().map(|j| j.id.as_str()).collect();
+        let states: Vec<&str> = fresh.iter().map(|j| j.state.as_str()).collect();
+        let prios: Vec<i16> = fresh.iter().map(|j| i16::from(j.priority)).collect();
+        let groups: Vec<Option<&str>> = fresh
+            .iter()
+            .map(|j| j.group.as_ref().map(|g| g.as_str()))
+            .collect();
+        let max_attempts: Vec<i32> = fresh.iter().map(|j| j.max_attempts as i32).collect();
+        let payloads: Vec<&str> = fresh.iter().map(|j| j.payload.as_str()).collect();
+        let run_at: Vec<i64> = fresh.iter().map(|j| j.run_at.0).collect();
+        let tags: Vec<String> = fresh.iter().map(|j| to_json(&j.tags)).collect();
+        let metadata: Vec<String> = fresh.iter().map(|j| to_json(&j.metadata)).collect();
+        let timeouts: Vec<i64> = fresh.iter().map(|j| j.timeout_ms as i64).collect();
+        let backoffs: Vec<String> = fresh.iter().map(|j| to_json(&j.backoff)).collect();
+        let callbacks: Vec<Option<&str>> =
+            fresh.iter().map(|j| j.callback_url.as_deref()).collect();
+        let traces: Vec<Option<&str>> = fresh.iter().map(|j| j.traceparent.as_deref()).collect();
+        let idem_keys: Vec<Option<&str>> = fresh
+            .iter()
+            .map(|j| j.idempotency.as_ref().map(|i| i.key.as_str()))
+            .collect();
+        let hashes: Vec<Option<&str>> = fresh
+            .iter()
+            .map(|j| j.idempotency.as_ref().map(|i| i.request_hash.as_str()))
+            .collect();
+        // Jobs and their `enqueued` events in one statement, one round trip.
+        let rows = query(
+            tx,
+            "WITH j AS ( \
+               INSERT INTO jobs (id, tenant_id, queue, state, priority, grp, max_attempts, payload, \
+                 run_at, created_at, tags, metadata, timeout_ms, backoff, callback_url, traceparent, \
+                 idempotency_key, request_hash) \
+               SELECT u.id, $1::text, $2::text, u.state, u.priority, u.grp, u.max_attempts, u.payload, \
+                 u.run_at, $3::int8, u.tags, u.metadata, u.timeout_ms, u.backoff, u.callback_url, \
+                 u.traceparent, u.idempotency_key, u.request_hash \
+               FROM unnest($4::text[], $5::text[], $6::int2[], $7::text[], $8::int4[], $9::text[], \
+                 $10::int8[], $11::text[], $12::text[], $13::int8[], $14::text[], $15::text[], \
+                 $16::text[], $17::text[], $18::text[]) \
+                 AS u(id, state, priority, grp, max_attempts, payload, run_at, tags, metadata, \
+                      timeout_ms, backoff, callback_url, traceparent, idempotency_key, request_hash) \
+               RETURNING id, state) \
+             INSERT INTO job_events (tenant_id, job_id, queue, kind, from_state, to_state, attempt, at) \
+             SELECT $1::text, j.id, $2::text, 'enqueued', NULL, j.state, 0, $3::int8 FROM j \
+             RETURNING seq, job_id",
+            &[
+                &tenant, &queue, &p.now.0, &ids, &states, &prios, &groups, &max_attempts,
+                &payloads, &run_at, &tags, &metadata, &timeouts, &backoffs, &callbacks, &traces,
+                &idem_keys, &hashes,
+            ],
+        )
+        .await?;
+        let seqs: HashMap<String, i64> = rows.iter().map(|r| (r.get(1), r.get(0))).collect();
+        for new in &fresh {
+            let job = new.to_job(&p.tenant_id, &p.queue, p.now);
+            match job.state {
+                JobState::Available => fx.wake.push((p.tenant_id.clone(), p.queue.clone())),
+                JobState::Scheduled => fx.nudge_chores = true,
+                _ => {}
+            }
+            fx.events.push((
+                p.tenant_id.clone(),
+                JobEventView {
+                    seq: seqs.get(job.id.as_str()).copied().unwrap_or_default(),
+                    job_id: job.id.clone(),
+                    queue: job.queue.clone(),
+                    kind: EventKind::Enqueued,
+                    from_state: None,
+                    to_state: job.state,
+                    attempt: 0,
+                    at: p.now,
+                    detail: None,
+                },
+            ));
+        }
+    }
+    // Existing jobs named by a repeated key, read back (those created above included).
+    let old: Vec<&str> = slots
+        .iter()
+        .filter_map(|s| match s {
+            Slot::Old(id) => Some(id.as_str()),
+            Slot::New(_) => None,
+        })
+        .collect();
+    let mut existing: HashMap<JobId, Job> = HashMap::new();
+    if !old.is_empty() {
+        for r in query(
+            tx,
+            &format!("SELECT {JOB_COLS} FROM jobs WHERE tenant_id = $1 AND id = ANY($2::text[])"),
+            &[&tenant, &old],
+        )
+        .await?
+        {
+            let j = job_from_row(&r)?;
+            existing.insert(j.id.clone(), j);
+        }
+    }
+    slots
+        .into_iter()
+        .map(|s| match s {
+            Slot::New(i) => Ok(Inserted {
+                job: p.jobs[i].to_job(&p.tenant_id, &p.queue, p.now),
+                created: true,
+            }),
+            Slot::Old(id) => existing
+                .get(&id)
+                .cloned()
+                .map(|job| Inserted {
+                    job,
+                    created: false,
+                })
+                .ok_or(StoreError::NotFound),
+        })
+        .collect()
+}
+
+/// One statement: pick up to `max_jobs` available jobs of an unpaused queue with
+/// `FOR UPDATE SKIP LOCKED` (concurrent leases never wait for each other nor take the
+/// same job), apply `Op::Lease` to them, log the `leased` events, return the jobs.
+pub(crate) async fn lease(
+    tx: &impl GenericClient,
+    fx: &mut Effects,
+    p: &JobLease,
+) -> StoreResult<Vec<Job>> {
+    let lease_ids: Vec<String> = (0..p.max_jobs)
+        .map(|_| LeaseId::generate().as_str().to_owned())
+        .collect();
+    let lease_ms = p.lease_ms.map(|ms| ms as i64);
+    let sql = format!(
+        "WITH picked AS ( \
+           SELECT id FROM jobs \
+           WHERE tenant_id = $1 AND queue = $2 AND state = 'available' \
+             AND EXISTS (SELECT 1 FROM queues q WHERE q.tenant_id = $1 AND q.name = $2 AND NOT q.paused) \
+           ORDER BY priority, run_at, id \
+           LIMIT $3 \
+           FOR UPDATE SKIP LOCKED), \
+         numbered AS (SELECT id, row_number() OVER (ORDER BY id) AS rn FROM picked), \
+         leased AS ( \
+           UPDATE jobs j SET state = 'running', attempt = j.attempt + 1, lease_id = l.lease_id, \
+             worker_id = $4::text, lease_expires_at = $5::int8 + COALESCE($6::int8, j.timeout_ms), \
+             started_at = $5::int8 \
+           FROM numbered n JOIN unnest($7::text[]) WITH ORDINALITY AS l(lease_id, rn) USING (rn) \
+           WHERE j.id = n.id \
+           RETURNING {}), \
+         ev AS ( \
+           INSERT INTO job_events (tenant_id, job_id, queue, kind, from_state, to_state, attempt, at, detail) \
+           SELECT tenant_id, id, queue, 'leased', 'available', 'running', attempt, $5::int8, \
+             json_build_object('worker_id', $4::text)::text \
+           FROM leased \
+           RETURNING seq, job_id) \
+         SELECT {}, ev.seq FROM leased JOIN ev ON ev.job_id = leased.id \
+         ORDER BY leased.priority, leased.run_at, leased.id",
+        job_cols("j"),
+        job_cols("leased"),
+    );
+    let rows = query(
+        tx,
+        &sql,
+        &[
+            &p.tenant_id.as_str(),
+            &p.queue.as_str(),
+            &i64::from(p.max_jobs),
+            &p.worker_id,
+            &p.now.0,
+            &lease_ms,
+            &lease_ids,
+        ],
+    )
+    .await?;
+    let mut jobs = Vec::with_capacity(rows.len());
+    for r in &rows {
+        let job = job_from_row(r)?;
+        let seq: i64 = r.get(25);
+        fx.events.push((
+            job.tenant_id.clone(),
+            JobEventView {
+                seq,
+                job_id: job.id.clone(),
+                queue: job.queue.clone(),
+                kind: EventKind::Leased,
+                from_state: Some(JobState::Available),
+                to_state: JobState::Running,
+                attempt: job.attempt,
+                at: p.now,
+                detail: detail(&job, EventKind::Leased),
+            },
+        ));
+        jobs.push(job);
+    }
+    Ok(jobs)
+}
+
+pub(crate) async fn heartbeat(
+    tx: &impl GenericClient,
+    fx: &mut Effects,
+    p: &JobHeartbeat,
+) -> StoreResult<Timestamp> {
+    let op = Op::Heartbeat {
+        lease_id: p.lease_id.clone(),
+        extend_ms: p.extend_ms,
+        progress: p.progress.clone(),
+    };
+    let job = transition_one(tx, fx, &p.tenant_id, &p.id, op, p.now).await?;
+    job.lease_expires_at.ok_or(StoreError::LeaseLost)
+}
+
+pub(crate) async fn ack_many(
+    tx: &impl GenericClient,
+    fx: &mut Effects,
+    p: &JobAckMany,
+) -> StoreResult<Vec<StoreResult<Job>>> {
+    let steps = p.items.iter().cloned().map(|item| item.into_op()).collect();
+    transition_many(tx, fx, &p.tenant_id, steps, p.now).await
+}
+
+pub(crate) async fn cancel(
+    tx: &impl GenericClient,
+    fx: &mut Effects,
+    p: &JobCancel,
+) -> StoreResult<Job> {
+    transition_one(tx, fx, &p.tenant_id, &p.id, Op::Cancel, p.now).await
+}
+
+pub(crate) async fn retry(
+    tx: &impl GenericClient,
+    fx: &mut Effects,
+    p: &JobRetry,
+) -> StoreResult<Job> {
+    transition_one(tx, fx, &p.tenant_id, &p.id, Op::Retry, p.now).await
+}
+
+/// Locks up to 1000 rows matching a sweep (skipping rows another transaction holds)
+/// and applies `op` to each.
+async fn sweep(
+    tx: &impl GenericClient,
+    fx: &mut Effects,
+    now: Timestamp,
+    filter: &str,
+    op: Op,
+) -> StoreResult<usize> {
+    let rows = query(
+        tx,
+        &format!("SELECT {JOB_COLS} FROM jobs WHERE {filter} LIMIT 1000 FOR UPDATE SKIP LOCKED"),
+        &[&now.0],
+    )
+    .await?;
+    let jobs = rows
+        .iter()
+        .map(|r| job_from_row(r).map(|j| (j.id.clone(), j)))
+        .collect::<StoreResult<HashMap<_, _>>>()?;
+    let mut steps: Vec<(JobId, Op)> = jobs.keys().map(|id| (id.clone(), op.clone())).collect();
+    steps.sort_by(|a, b| a.0.cmp(&b.0));
+    let out = apply_steps(tx, fx, jobs, steps, now).await?;
+    Ok(out.iter().filter(|r| r.is_ok()).count())
+}
+
+pub(crate) async fn promote_due(
+    tx: &impl GenericClient,
+    fx: &mut Effects,
+    now: Timestamp,
+) -> StoreResult<Sweep> {
+    let changed = sweep(
+        tx,
+        fx,
+        now,
+        "state = 'scheduled' AND run_at <= $1 ORDER BY run_at",
+        Op::Promote,
+    )
+    .await?;
+    Ok(Sweep {
+        changed,
+        next_at: next_due(tx).await?,
+    })
+}
+
+pub(crate) async fn reap_expired(
+    tx: &impl GenericClient,
+    fx: &mut Effects,
+    now: Timestamp,
+) -> StoreResult<Sweep> {
+    let changed = sweep(
+        tx,
+        fx,
+        now,
+        "state = 'running' AND lease_expires_at <= $1 ORDER BY lease_expires_at",
+        Op::Expire,
+    )
+    .await?;
+    Ok(Sweep {
+        changed,
+        next_at: next_expiry(tx).await?,
+    })
+}
+
+async fn min_time(c: &impl GenericClient, sql: &str) -> StoreResult<Option<Timestamp>> {
+    let rows = query(c, sql, &[]).await?;
+    Ok(rows
+        .first()
+        .and_then(|r| r.get::<_, Option<i64>>(0))
+        .map(Timestamp))
+}
+
+pub(crate) async fn next_due(c: &impl GenericClient) -> StoreResult<Option<Timestamp>> {
+    min_time(c, "SELECT MIN(run_at) FROM jobs WHERE state = 'scheduled'").await
+}
+
+pub(crate) async fn next_expiry(c: &impl GenericClient) -> StoreResult<Option<Timestamp>> {
+    min_time(
+        c,
+        "SELECT MIN(lease_expires_at) FROM jobs WHERE state = 'running'",
+    )
+    .await
+}
+
+pub(crate) async fn get(
+    c: &impl GenericClient,
+    tenant: &TenantId,
+    id: &JobId,
+) -> StoreResult<Option<Job>> {
+    let rows = query(
+        c,
+        &format!("SELECT {JOB_COLS} FROM jobs WHERE id = $1 AND tenant_id = $2"),
+        &[&id.as_str(), &tenant.as_str()],
+    )
+    .await?;
+    rows.first().map(job_from_row).transpose()
+}
+
+pub(crate) async fn event_list(
+    c: &impl GenericClient,
+    tenant: &TenantId,
+    id: &JobId,
+) -> StoreResult<Vec<JobEventView>> {
+    query(
+        c,
+        &format!(
+            "SELECT {EVENT_COLS} FROM job_events WHERE job_id = $1 AND tenant_id = $2 ORDER BY seq"
+        ),
+        &[&id.as_str(), &tenant.as_str()],
+    )
+    .await?
+    .iter()
+    .map(event_from_row)
+    .collect()
+}
+
+/// A tenant's events after a sequence number. Note: sequence numbers are handed out at
+/// insert time, so a transaction that commits later may hold a lower one than an event
+/// already returned; see docs/postgres.md ("Event sequence").
+pub(crate) async fn event_list_since(
+    c: &impl GenericClient,
+    p: &JobEventListSince,
+) -> StoreResult<Vec<JobEventView>> {
+    query(
+        c,
+        &format!(
+            "SELECT {EVENT_COLS} FROM job_events WHERE tenant_id = $1 AND seq > $2 \
+             AND ($3::text IS NULL OR queue = $3) AND ($4::text IS NULL OR job_id = $4) \
+             ORDER BY seq LIMIT $5"
+        ),
+        &[
+            &p.tenant_id.as_str(),
+            &p.after,
+            &p.queue.as_ref().map(|q| q.as_str()),
+            &p.job_id.as_ref().map(|j| j.as_str()),
+            &(p.limit as i64),
+        ],
+    )
+    .await?
+    .iter()
+    .map(event_from_row)
+    .collect()
+}
+
+pub(crate) async fn list(c: &impl GenericClient, p: &JobList) -> StoreResult<Page<Job>> {
+    let tenant = p
+        .tenant_id
+        .as_ref()
+        .ok_or_else(|| crate::internal("job_list needs a tenant"))?;
+    let mut sql = format!("SELECT {JOB_COLS} FROM jobs WHERE tenant_id = $1");
+    let mut args: Vec<String> = vec![tenant.to_string()];
+    let mut filter = |sql: &mut String, cond: &str, v: String| {
+        args.push(v);
+        sql.push_str(&format!(" AND {cond}${}", args.len()));
+    };
+    if let Some(q) = &p.queue {
+        filter(&mut sql, "queue = ", q.to_string());
+    }
+    if let Some(s) = &p.state {
+        filter(&mut sql, "state = ", s.as_str().to_owned());
+    }
+    if let Some(g) = &p.group {
+        filter(&mut sql, "grp = ", g.to_string());
+    }
+    if let Some(t) = &p.tag {
+        filter(&mut sql, "tags::jsonb ? ", t.clone());
+    }
+    if let Some(b) = &p.before {
+        filter(&mut sql, "id < ", b.to_string());
+    }
+    sql.push_str(&format!(" ORDER BY id DESC LIMIT {}", p.limit + 1));
+    let params: Vec<&(dyn ToSql + Sync)> = args.iter().map(|a| a as &(dyn ToSql + Sync)).collect();
+    let mut items = query(c, &sql, &params)
+        .await?
+        .iter()
+        .map(job_from_row)
+        .collect::<StoreResult<Vec<_>>>()?;
+    let next_cursor = if items.len() > p.limit {
+        items.truncate(p.limit);
+        items.last().map(|j| j.id.to_string())
+    } else {
+        None
+    };
+    Ok(Page { items, next_cursor })
+}

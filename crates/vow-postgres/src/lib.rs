@@ -1,0 +1,504 @@
+//! vow's multi-node store: PostgreSQL, shared by any number of stateless `vow serve`
+//! nodes.
+//!
+//! - Every write is one PostgreSQL transaction, committed with `synchronous_commit = on`
+//!   (forced per connection) before its future resolves; PostgreSQL's own group commit
+//!   batches the WAL flushes of concurrent transactions.
+//! - Single-job transitions load the rows `FOR UPDATE`, apply the domain state machine
+//!   ([`vow_core::machine::apply`]) and write them back with one `UNNEST` update, so the
+//!   store cannot disagree with the reference model. Leasing is one statement
+//!   (`UPDATE … FROM (SELECT … FOR UPDATE SKIP LOCKED LIMIT n) RETURNING`).
+//! - Wake-ups and job events are published on the local [`Bus`] after commit and sent to
+//!   the other nodes with `NOTIFY` inside the same transaction (delivered at commit); one
+//!   `LISTEN` connection per node feeds them into its bus ([`listener`]).
+//! - Connection loss, pool exhaustion and timeouts are [`StoreError::Unavailable`]; no
+//!   call waits longer than the pool wait plus the statement timeout.
+//!
+//! The URL is a libpq-style `postgres://` URL; vow's own settings ride along as query
+//! parameters and are removed before connecting: `pool_size` (default 16),
+//! `pool_timeout_ms` (wait for a free connection, default 5000) and
+//! `statement_timeout_ms` (default 10000).
+
+mod jobs;
+mod listener;
+mod rows;
+mod schema;
+mod tenants;
+#[cfg(feature = "testing")]
+pub mod testing;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use serde::{Deserialize, Serialize};
+use tokio_postgres::NoTls;
+use vow_core::api::{JobEventView, Page, QueueView, TenantView};
+use vow_core::{Job, JobId, KeyId, QueueName, TenantId, TenantName, Timestamp};
+use vow_store::*;
+
+pub use schema::MIGRATIONS;
+
+/// Settings of a [`PgStore`], parsed from its URL.
+#[derive(Debug, Clone)]
+pub struct PgConfig {
+    /// Connection settings (host, user, database, ...).
+    pub pg: tokio_postgres::Config,
+    /// Most pooled connections of this node (the `LISTEN` connection is extra).
+    pub pool_size: usize,
+    /// Longest wait for a free pooled connection before `Unavailable`.
+    pub pool_timeout: Duration,
+    /// Server-side limit on any statement (and on idle transactions).
+    pub statement_timeout: Duration,
+}
+
+impl PgConfig {
+    /// Parses `postgres://user:pass@host:port/db?pool_size=16&...`.
+    pub fn from_url(url: &str) -> Result<Self, StoreError> {
+        let (base, query) = match url.split_once('?') {
+            Some((b, q)) => (b, q),
+            None => (url, ""),
+        };
+        let mut pool_size = 16usize;
+        let mut pool_timeout = Duration::from_secs(5);
+        let mut statement_timeout = Duration::from_secs(10);
+        let mut rest = Vec::new();
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            let num = || {
+                v.parse::<u64>()
+                    .map_err(|_| StoreError::internal(format!("{k}: `{v}` is not a number")))
+            };
+            match k {
+                "pool_size" => pool_size = num()?.max(1) as usize,
+                "pool_timeout_ms" => pool_timeout = Duration::from_millis(num()?),
+                "statement_timeout_ms" => statement_timeout = Duration::from_millis(num()?),
+                _ => rest.push(pair),
+            }
+        }
+        let url = if rest.is_empty() {
+            base.to_owned()
+        } else {
+            format!("{base}?{}", rest.join("&"))
+        };
+        let mut pg: tokio_postgres::Config = url
+            .parse()
+            .map_err(|e| StoreError::internal(format!("bad PostgreSQL URL: {e}")))?;
+        if pg.get_connect_timeout().is_none() {
+            pg.connect_timeout(Duration::from_secs(5));
+        }
+        pg.keepalives(true);
+        pg.keepalives_idle(Duration::from_secs(10));
+        pg.application_name("vow");
+        // Durability is not negotiable: a 202 means committed and flushed, whatever the
+        // server's default. Timeouts make a stuck server an error, never a hang.
+        let st = statement_timeout.as_millis();
+        pg.options(format!(
+            "-c synchronous_commit=on -c statement_timeout={st} -c lock_timeout={st} \
+             -c idle_in_transaction_session_timeout={}",
+            st * 2
+        ));
+        Ok(Self {
+            pg,
+            pool_size,
+            pool_timeout,
+            statement_timeout,
+        })
+    }
+}
+
+/// What a transaction asks the buses (this node's and, through `NOTIFY`, the others')
+/// to do once it is committed.
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+pub(crate) struct Effects {
+    /// Queues that got available jobs.
+    #[serde(default, rename = "w", skip_serializing_if = "Vec::is_empty")]
+    pub wake: Vec<(TenantId, QueueName)>,
+    /// Job events, in commit order.
+    #[serde(default, rename = "e", skip_serializing_if = "Vec::is_empty")]
+    pub events: Vec<(TenantId, JobEventView)>,
+    /// A job was scheduled: the promoter may have to wake earlier.
+    #[serde(default, rename = "c", skip_serializing_if = "std::ops::Not::not")]
+    pub nudge_chores: bool,
+}
+
+impl Effects {
+    pub(crate) fn is_empty(&self) -> bool {
+        self.wake.is_empty() && self.events.is_empty() && !self.nudge_chores
+    }
+
+    pub(crate) fn apply(self, bus: &Bus) {
+        let mut woken = std::collections::HashSet::new();
+        for (tenant, queue) in &self.wake {
+            if woken.insert((tenant, queue)) {
+                bus.wake_queue(tenant, queue);
+            }
+        }
+        for (tenant, event) in self.events {
+            bus.publish(&tenant, [event]);
+        }
+        if self.nudge_chores {
+            bus.nudge_chores();
+        }
+    }
+}
+
+/// The PostgreSQL store of one node.
+pub struct PgStore {
+    pool: Pool,
+    bus: Arc<Bus>,
+    node: Arc<str>,
+    op_timeout: Duration,
+    _listener: tokio::sync::watch::Sender<()>,
+}
+
+impl std::fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgStore")
+            .field("node", &self.node)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Maps a driver error: the server or the network being down (or a timeout, or a
+/// serialization conflict the caller may retry) is `Unavailable`; anything else is a bug.
+pub(crate) fn pg_err(e: tokio_postgres::Error) -> StoreError {
+    if let Some(code) = e.code() {
+        let c = code.code();
+        let transient = c.starts_with("08") // connection exception
+            || c.starts_with("57P") // admin/crash shutdown, cannot connect now
+            || c.starts_with("53") // insufficient resources (too many connections)
+            || c == "57014" // statement timeout / cancelled
+            || c == "55P03" // lock timeout
+            || c == "25P03" // idle-in-transaction timeout
+            || c == "40001" // serialization failure
+            || c == "40P01"; // deadlock
+        return if transient {
+            StoreError::Unavailable(Box::new(e))
+        } else {
+            StoreError::Internal(Box::new(e))
+        };
+    }
+    let io = std::error::Error::source(&e).is_some_and(|s| s.is::<std::io::Error>());
+    if e.is_closed() || io || e.to_string().contains("timed out") {
+        StoreError::Unavailable(Box::new(e))
+    } else {
+        StoreError::Internal(Box::new(e))
+    }
+}
+
+fn pool_err(e: deadpool_postgres::PoolError) -> StoreError {
+    use deadpool_postgres::PoolError;
+    match e {
+        PoolError::Backend(e) => pg_err(e),
+        PoolError::Timeout(_) | PoolError::Closed => StoreError::Unavailable(Box::new(e)),
+        other => StoreError::Internal(Box::new(other)),
+    }
+}
+
+pub(crate) fn internal(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Internal(e.to_string().into())
+}
+
+fn node_id() -> String {
+    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "node".into());
+    format!(
+        "{host}-{}-{:08x}",
+        std::process::id(),
+        rand::random::<u32>()
+    )
+}
+
+impl PgStore {
+    /// Connects, applies pending migrations (under an advisory lock) and starts this
+    /// node's `LISTEN` connection. Must run inside a Tokio runtime.
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        Self::open(PgConfig::from_url(url)?).await
+    }
+
+    /// [`PgStore::connect`] with parsed settings.
+    pub async fn open(config: PgConfig) -> Result<Self, StoreError> {
+        let (mut client, conn) = config.pg.connect(NoTls).await.map_err(pg_err)?;
+        let driver = tokio::spawn(conn);
+        schema::migrate(&mut client).await.map_err(pg_err)?;
+        drop(client);
+        let _ = driver.await;
+
+        let manager = Manager::from_config(
+            config.pg.clone(),
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let timeouts = deadpool_postgres::Timeouts {
+            wait: Some(config.pool_timeout),
+            create: Some(config.pool_timeout),
+            recycle: Some(config.pool_timeout),
+        };
+        let pool = Pool::builder(manager)
+            .max_size(config.pool_size)
+            .timeouts(timeouts)
+            .runtime(Runtime::Tokio1)
+            .build()
+            .map_err(internal)?;
+        let bus = Arc::new(Bus::new());
+        let node: Arc<str> = node_id().into();
+        let (stop, stopped) = tokio::sync::watch::channel(());
+        tokio::spawn(listener::run(
+            config.pg.clone(),
+            Arc::downgrade(&bus),
+            node.clone(),
+            stopped,
+        ));
+        Ok(Self {
+            pool,
+            bus,
+            node,
+            // A call may wait for a connection, then run a few statements.
+            op_timeout: config.pool_timeout + config.statement_timeout * 2,
+            _listener: stop,
+        })
+    }
+
+    /// This node's id (used to drop its own notifications).
+    pub fn node_id(&self) -> &str {
+        &self.node
+    }
+
+    /// Runs `work`, bounded by the operation timeout: a server that stopped answering
+    /// becomes `Unavailable`, never a hang.
+    async fn timed<T>(&self, work: impl Future<Output = StoreResult<T>>) -> StoreResult<T> {
+        match tokio::time::timeout(self.op_timeout, work).await {
+            Ok(r) => r,
+            Err(_) => Err(StoreError::Unavailable(
+                "PostgreSQL did not answer in time".into(),
+            )),
+        }
+    }
+
+    /// A pooled connection (waits at most the pool timeout).
+    async fn conn(&self) -> StoreResult<deadpool_postgres::Object> {
+        self.pool.get().await.map_err(pool_err)
+    }
+
+    /// Runs `f` with a pooled connection, bounded by the operation timeout.
+    async fn with<T, F, Fut>(&self, f: F) -> StoreResult<T>
+    where
+        F: FnOnce(deadpool_postgres::Object) -> Fut,
+        Fut: Future<Output = StoreResult<T>>,
+    {
+        self.timed(async {
+            let client = self.conn().await?;
+            f(client).await
+        })
+        .await
+    }
+
+    /// Sends the effects to the other nodes (`NOTIFY`, delivered at commit) and commits.
+    async fn commit(
+        &self,
+        tx: deadpool_postgres::Transaction<'_>,
+        fx: &Effects,
+    ) -> StoreResult<()> {
+        if !fx.is_empty() {
+            listener::notify(&tx, &self.node, fx).await?;
+        }
+        tx.commit().await.map_err(pg_err)
+    }
+}
+
+fn is_conflict(e: &StoreError) -> bool {
+    let StoreError::Unavailable(e) = e else {
+        return false;
+    };
+    e.downcast_ref::<tokio_postgres::Error>()
+        .and_then(|e| e.code())
+        .is_some_and(|c| c.code() == "40001" || c.code() == "40P01")
+}
+
+/// Runs a body in a write transaction: `|tx, fx| body` gets the transaction and the
+/// effects to collect. After the commit the effects are published on this node's bus.
+/// Retried (twice) on a serialization failure or deadlock.
+macro_rules! write_tx {
+    ($store:ident, |$tx:ident, $fx:ident| $body:expr) => {{
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let r = $store
+                .timed(async {
+                    let mut client = $store.conn().await?;
+                    let $tx = client.transaction().await.map_err(pg_err)?;
+                    let mut effects = Effects::default();
+                    let out = {
+                        let $fx = &mut effects;
+                        let $tx = &$tx;
+                        $body?
+                    };
+                    $store.commit($tx, &effects).await?;
+                    Ok((out, effects))
+                })
+                .await;
+            match r {
+                Ok((out, effects)) => {
+                    effects.apply(&$store.bus);
+                    break Ok(out);
+                }
+                Err(e) if attempt < 3 && is_conflict(&e) => {
+                    tracing::debug!(error = %e, "transaction conflict; retrying");
+                }
+                Err(e) => break Err(e),
+            }
+        }
+    }};
+}
+
+#[async_trait]
+impl Store for PgStore {
+    fn bus(&self) -> &Bus {
+        &self.bus
+    }
+
+    async fn api_key_get(&self, id: &KeyId) -> StoreResult<Option<ApiKeyRecord>> {
+        self.with(|c| async move { tenants::api_key_get(&c, id).await })
+            .await
+    }
+    async fn api_key_insert(&self, p: &ApiKeyInsert) -> StoreResult<ApiKeyRecord> {
+        self.with(|c| async move { tenants::api_key_insert(&c, p).await })
+            .await
+    }
+    async fn api_key_list(&self, tenant_id: Option<&TenantId>) -> StoreResult<Vec<ApiKeyRecord>> {
+        self.with(|c| async move { tenants::api_key_list(&c, tenant_id).await })
+            .await
+    }
+    async fn api_key_revoke(&self, id: &KeyId, now: Timestamp) -> StoreResult<ApiKeyRecord> {
+        self.with(|c| async move { tenants::api_key_revoke(&c, id, now).await })
+            .await
+    }
+
+    async fn job_ack_many(&self, p: JobAckMany) -> StoreResult<Vec<StoreResult<Job>>> {
+        write_tx!(self, |tx, fx| jobs::ack_many(tx, fx, &p).await)
+    }
+    async fn job_cancel(&self, p: &JobCancel) -> StoreResult<Job> {
+        write_tx!(self, |tx, fx| jobs::cancel(tx, fx, p).await)
+    }
+    async fn job_event_list(
+        &self,
+        tenant_id: &TenantId,
+        id: &JobId,
+    ) -> StoreResult<Vec<JobEventView>> {
+        self.with(|c| async move { jobs::event_list(&c, tenant_id, id).await })
+            .await
+    }
+    async fn job_event_list_since(&self, p: &JobEventListSince) -> StoreResult<Vec<JobEventView>> {
+        self.with(|c| async move { jobs::event_list_since(&c, p).await })
+            .await
+    }
+    async fn job_get(&self, tenant_id: &TenantId, id: &JobId) -> StoreResult<Option<Job>> {
+        self.with(|c| async move { jobs::get(&c, tenant_id, id).await })
+            .await
+    }
+    async fn job_heartbeat(&self, p: JobHeartbeat) -> StoreResult<Timestamp> {
+        write_tx!(self, |tx, fx| jobs::heartbeat(tx, fx, &p).await)
+    }
+    async fn job_insert_many(&self, p: JobInsertMany) -> StoreResult<Vec<Inserted>> {
+        write_tx!(self, |tx, fx| jobs::insert_many(tx, fx, &p).await)
+    }
+    async fn job_lease(&self, p: &JobLease) -> StoreResult<Vec<Job>> {
+        write_tx!(self, |tx, fx| jobs::lease(tx, fx, p).await)
+    }
+    async fn job_list(&self, p: &JobList) -> StoreResult<Page<Job>> {
+        self.with(|c| async move { jobs::list(&c, p).await }).await
+    }
+    async fn job_promote_due(&self, now: Timestamp) -> StoreResult<Sweep> {
+        // Look first outside a write transaction, so an idle system costs no writes.
+        let next = self
+            .with(|c| async move { jobs::next_due(&c).await })
+            .await?;
+        match next {
+            Some(t) if t <= now => {
+                write_tx!(self, |tx, fx| jobs::promote_due(tx, fx, now).await)
+            }
+            _ => Ok(Sweep {
+                changed: 0,
+                next_at: next,
+            }),
+        }
+    }
+    async fn job_reap_expired(&self, now: Timestamp) -> StoreResult<Sweep> {
+        let next = self
+            .with(|c| async move { jobs::next_expiry(&c).await })
+            .await?;
+        match next {
+            Some(t) if t <= now => {
+                write_tx!(self, |tx, fx| jobs::reap_expired(tx, fx, now).await)
+            }
+            _ => Ok(Sweep {
+                changed: 0,
+                next_at: next,
+            }),
+        }
+    }
+    async fn job_retry(&self, p: &JobRetry) -> StoreResult<Job> {
+        write_tx!(self, |tx, fx| jobs::retry(tx, fx, p).await)
+    }
+
+    async fn leader_elect(&self, p: &LeaderElect) -> StoreResult<bool> {
+        self.with(|c| async move { tenants::leader_elect(&c, p).await })
+            .await
+    }
+    async fn leader_resign(&self, p: &LeaderResign) -> StoreResult<()> {
+        self.with(|c| async move { tenants::leader_resign(&c, p).await })
+            .await
+    }
+
+    async fn queue_get(
+        &self,
+        tenant_id: &TenantId,
+        name: &QueueName,
+        now: Timestamp,
+    ) -> StoreResult<Option<QueueView>> {
+        self.with(|c| async move { tenants::queue_get(&c, tenant_id, name, now).await })
+            .await
+    }
+    async fn queue_list(
+        &self,
+        tenant_id: &TenantId,
+        now: Timestamp,
+    ) -> StoreResult<Vec<QueueView>> {
+        self.with(|c| async move { tenants::queue_list(&c, tenant_id, now).await })
+            .await
+    }
+    async fn queue_update(&self, p: &QueueUpdate) -> StoreResult<QueueView> {
+        self.with(|c| async move { tenants::queue_update(&c, p).await })
+            .await
+    }
+
+    async fn ready(&self) -> StoreResult<()> {
+        self.with(|c| async move {
+            schema::check(&c)
+                .await
+                .map_err(|e| StoreError::Unavailable(e.into()))
+        })
+        .await
+    }
+
+    async fn tenant_get(&self, id: &TenantId) -> StoreResult<Option<TenantView>> {
+        self.with(|c| async move { tenants::tenant_get(&c, id).await })
+            .await
+    }
+    async fn tenant_get_by_name(&self, name: &TenantName) -> StoreResult<Option<TenantView>> {
+        self.with(|c| async move { tenants::tenant_get_by_name(&c, name).await })
+            .await
+    }
+    async fn tenant_insert(&self, p: &TenantInsert) -> StoreResult<TenantView> {
+        self.with(|c| async move { tenants::tenant_insert(&c, p).await })
+            .await
+    }
+    async fn tenant_list(&self) -> StoreResult<Vec<TenantView>> {
+        self.with(|c| async move { tenants::tenant_list(&c).await })
+            .await
+    }
+}

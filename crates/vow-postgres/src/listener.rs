@@ -1,0 +1,196 @@
+//! Cross-node signals: `NOTIFY` in the writing transaction, one `LISTEN` connection per
+//! node feeding its [`Bus`].
+//!
+//! A transaction's effects (queues to wake, job events, "a job was scheduled") are
+//! serialised into as few `NOTIFY vow` payloads as fit PostgreSQL's 8000-byte limit, sent
+//! in one statement at the end of the transaction. PostgreSQL delivers them only if and
+//! when the transaction commits, in commit order, so a node never hears of a job that is
+//! not durable. Each payload carries the sender's node id; a node ignores its own (it
+//! already published them locally, right after the commit).
+//!
+//! The listener reconnects on its own after an outage (with backoff up to 2 s). After
+//! every (re)connect it wakes every waiter and nudges the chores: notifications sent
+//! while it was away are lost, so everyone looks again.
+
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use deadpool_postgres::GenericClient;
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+use tokio_postgres::{AsyncMessage, NoTls};
+use vow_store::{Bus, StoreResult};
+
+use crate::jobs::execute;
+use crate::Effects;
+
+/// The channel every node listens on.
+pub(crate) const CHANNEL: &str = "vow";
+/// Stay well below PostgreSQL's 8000-byte payload limit.
+const MAX_PAYLOAD: usize = 7_000;
+
+#[derive(Serialize, Deserialize)]
+struct Signal<'a> {
+    /// Sender's node id.
+    n: std::borrow::Cow<'a, str>,
+    #[serde(flatten)]
+    fx: Effects,
+}
+
+/// Splits effects into payloads of at most [`MAX_PAYLOAD`] bytes (wake-ups and the
+/// nudge ride in the first; events are packed greedily after).
+pub(crate) fn payloads(node: &str, fx: &Effects) -> Vec<String> {
+    let mut wake = fx.wake.clone();
+    wake.sort_by(|a, b| (a.0.as_str(), a.1.as_str()).cmp(&(b.0.as_str(), b.1.as_str())));
+    wake.dedup();
+    let encode =
+        |fx: Effects| serde_json::to_string(&Signal { n: node.into(), fx }).unwrap_or_default();
+    let mut out = Vec::new();
+    let mut current = Effects {
+        wake,
+        events: Vec::new(),
+        nudge_chores: fx.nudge_chores,
+    };
+    let mut size = encode(current.clone()).len();
+    for ev in &fx.events {
+        let ev_size = serde_json::to_string(ev).map(|s| s.len() + 1).unwrap_or(0);
+        if size + ev_size > MAX_PAYLOAD && !current.is_empty() {
+            out.push(encode(std::mem::take(&mut current)));
+            size = encode(Effects::default()).len();
+        }
+        current.events.push(ev.clone());
+        size += ev_size;
+    }
+    if !current.is_empty() {
+        out.push(encode(current));
+    }
+    out
+}
+
+/// Queues the effects' notifications in the transaction (sent at commit).
+pub(crate) async fn notify(tx: &impl GenericClient, node: &str, fx: &Effects) -> StoreResult<()> {
+    let payloads = payloads(node, fx);
+    execute(
+        tx,
+        "SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p",
+        &[&CHANNEL, &payloads],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Feeds one payload into the bus (unless this node sent it).
+fn deliver(bus: &Bus, node: &str, payload: &str) {
+    match serde_json::from_str::<Signal<'_>>(payload) {
+        Ok(sig) if sig.n == node => {}
+        Ok(sig) => sig.fx.apply(bus),
+        Err(e) => tracing::warn!(error = %e, "ignoring a malformed notification"),
+    }
+}
+
+/// The listener of one node: runs until the store is dropped.
+pub(crate) async fn run(
+    config: tokio_postgres::Config,
+    bus: Weak<Bus>,
+    node: Arc<str>,
+    mut stop: tokio::sync::watch::Receiver<()>,
+) {
+    let mut backoff = Duration::from_millis(100);
+    let mut failing = false;
+    loop {
+        let session = async {
+            let (client, mut conn) = config.connect(NoTls).await?;
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            let stream = futures::stream::poll_fn(move |cx| conn.poll_message(cx));
+            let driver = tokio::spawn(async move {
+                futures::pin_mut!(stream);
+                while let Some(msg) = stream.next().await {
+                    match msg {
+                        Ok(AsyncMessage::Notification(n)) => {
+                            if tx.send(n.payload().to_owned()).is_err() {
+                                break;
+                            }
+                        }
+                        Ok(_) => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+                Ok(())
+            });
+            client.batch_execute(&format!("LISTEN {CHANNEL}")).await?;
+            Ok::<_, tokio_postgres::Error>((client, driver, rx))
+        };
+        let stopped = stop.changed();
+        tokio::pin!(stopped);
+        let connected = tokio::select! {
+            r = tokio::time::timeout(Duration::from_secs(10), session) => r,
+            _ = &mut stopped => return,
+        };
+        match connected {
+            Ok(Ok((client, mut driver, mut rx))) => {
+                backoff = Duration::from_millis(100);
+                let Some(b) = bus.upgrade() else { return };
+                if failing {
+                    tracing::info!("notification listener reconnected");
+                }
+                failing = false;
+                // Anything may have happened while we were not listening.
+                b.wake_all();
+                b.nudge_chores();
+                drop(b);
+                loop {
+                    tokio::select! {
+                        msg = rx.recv() => match msg {
+                            Some(payload) => {
+                                let Some(b) = bus.upgrade() else { return };
+                                deliver(&b, &node, &payload);
+                            }
+                            None => break,
+                        },
+                        r = &mut driver => {
+                            match r {
+                                Ok(Err(e)) => tracing::warn!(error = %e, "notification listener lost its connection"),
+                                _ => tracing::warn!("notification listener connection ended"),
+                            }
+                            break;
+                        }
+                        // A keepalive query notices a half-open connection quickly.
+                        _ = tokio::time::sleep(Duration::from_secs(5)) => {
+                            let ping = tokio::time::timeout(Duration::from_secs(5), client.simple_query("SELECT 1")).await;
+                            if !matches!(ping, Ok(Ok(_))) {
+                                tracing::warn!("notification listener connection does not answer");
+                                break;
+                            }
+                        }
+                        _ = &mut stopped => return,
+                    }
+                }
+                // Drain whatever arrived before the connection ended.
+                while let Ok(payload) = rx.try_recv() {
+                    let Some(b) = bus.upgrade() else { return };
+                    deliver(&b, &node, &payload);
+                }
+            }
+            Ok(Err(e)) => {
+                if !failing {
+                    tracing::warn!(error = %e, "notification listener cannot connect; retrying");
+                }
+                failing = true;
+            }
+            Err(_) => {
+                if !failing {
+                    tracing::warn!("notification listener connect timed out; retrying");
+                }
+                failing = true;
+            }
+        }
+        if bus.strong_count() == 0 {
+            return;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = &mut stopped => return,
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(2));
+    }
+}

@@ -1,0 +1,19 @@
+//! The shared store conformance suite, on a fresh PostgreSQL database per test
+//! (`VOW_TEST_DATABASE_URL`, else a throwaway cluster started once for this process).
+
+use std::any::Any;
+use std::sync::Arc;
+
+use vow_postgres::testing::Cluster;
+use vow_store::Store;
+
+async fn make() -> (Arc<dyn Store>, Box<dyn Any + Send>) {
+    let db = tokio::task::spawn_blocking(|| Cluster::shared().database())
+        .await
+        .unwrap();
+    let url = format!("{}?pool_size=4", db.url);
+    let store = vow_postgres::PgStore::connect(&url).await.unwrap();
+    (Arc::new(store), Box::new(db))
+}
+
+vow_store_conformance::suite!(make);

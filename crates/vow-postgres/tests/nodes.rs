@@ -1,0 +1,192 @@
+//! Several nodes (stores) on one PostgreSQL: wake-ups and events cross nodes through
+//! LISTEN/NOTIFY, and a PostgreSQL outage is an error (never a hang) that the nodes
+//! recover from by themselves.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use vow_core::api::EnqueueRequest;
+use vow_core::limits::Limits;
+use vow_core::{JobState, QueueName, TenantId, Timestamp};
+use vow_postgres::testing::{Cluster, TestDb};
+use vow_postgres::PgStore;
+use vow_store::{JobInsertMany, JobLease, Store, StoreError, TenantInsert};
+
+const T0: Timestamp = Timestamp(1_767_225_600_000);
+
+async fn node(db: &TestDb) -> Arc<PgStore> {
+    let url = format!(
+        "{}?pool_size=4&pool_timeout_ms=1000&statement_timeout_ms=2000",
+        db.url
+    );
+    Arc::new(PgStore::connect(&url).await.unwrap())
+}
+
+async fn tenant(store: &PgStore) -> TenantId {
+    let id = TenantId::generate();
+    store
+        .tenant_insert(&TenantInsert {
+            id: id.clone(),
+            name: "t".parse().unwrap(),
+            max_pending: None,
+            now: T0,
+        })
+        .await
+        .unwrap();
+    id
+}
+
+fn enqueue(t: &TenantId, q: &QueueName, n: usize) -> JobInsertMany {
+    let jobs = (0..n)
+        .map(|i| {
+            let req: EnqueueRequest = serde_json::from_value(json!({ "payload": i })).unwrap();
+            req.validate(&Limits::default(), T0, None, None).unwrap()
+        })
+        .collect();
+    JobInsertMany {
+        tenant_id: t.clone(),
+        queue: q.clone(),
+        jobs,
+        now: T0,
+    }
+}
+
+/// Waits until `node`'s listener is connected: a notification from `other` arrives.
+async fn until_listening(node: &PgStore, other: &PgStore, t: &TenantId) {
+    let probe: QueueName = "probe".parse().unwrap();
+    let waiter = node.bus().queue_waiter(t, &probe);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let woken = waiter.notified();
+        tokio::pin!(woken);
+        woken.as_mut().enable();
+        if other.job_insert_many(enqueue(t, &probe, 1)).await.is_ok()
+            && tokio::time::timeout(Duration::from_millis(500), woken)
+                .await
+                .is_ok()
+        {
+            return;
+        }
+        assert!(Instant::now() < deadline, "the listener never connected");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_enqueue_on_one_node_wakes_a_lease_and_a_waiter_on_another() {
+    let db = tokio::task::spawn_blocking(|| Cluster::shared().database())
+        .await
+        .unwrap();
+    let (a, b) = (node(&db).await, node(&db).await);
+    let t = tenant(&a).await;
+    until_listening(&b, &a, &t).await;
+    let q: QueueName = "q".parse().unwrap();
+    let mut events = b.bus().subscribe();
+    let waiter = b.bus().queue_waiter(&t, &q);
+    let woken = waiter.notified();
+    tokio::pin!(woken);
+    woken.as_mut().enable();
+    let sent = Instant::now();
+    let job = a.job_insert_many(enqueue(&t, &q, 1)).await.unwrap()[0]
+        .job
+        .clone();
+    tokio::time::timeout(Duration::from_secs(2), woken)
+        .await
+        .expect("node b is woken by node a's enqueue");
+    let latency = sent.elapsed();
+    assert!(
+        latency < Duration::from_millis(500),
+        "woken after {latency:?}"
+    );
+    // Node b leases it, node a sees the `leased` event on its bus.
+    let mut a_events = a.bus().subscribe();
+    let leased = b
+        .job_lease(&JobLease {
+            tenant_id: t.clone(),
+            queue: q.clone(),
+            worker_id: "w".into(),
+            max_jobs: 1,
+            lease_ms: None,
+            now: T0,
+        })
+        .await
+        .unwrap();
+    assert_eq!(leased[0].id, job.id);
+    // b heard of the enqueue from a; a hears of the lease from b; both with the stored seq.
+    let stored = a.job_event_list(&t, &job.id).await.unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(2), async {
+        loop {
+            let ev = events.recv().await.unwrap();
+            if ev.event.job_id == job.id {
+                return ev;
+            }
+        }
+    })
+    .await
+    .expect("a's enqueued event reaches b");
+    assert_eq!(got.event, stored[0]);
+    let got = tokio::time::timeout(Duration::from_secs(2), async {
+        loop {
+            let ev = a_events.recv().await.unwrap();
+            if ev.event.job_id == job.id {
+                return ev;
+            }
+        }
+    })
+    .await
+    .expect("b's leased event reaches a (once: from b's NOTIFY)");
+    assert_eq!(got.event, stored[1]);
+    assert_eq!(got.event.to_state, JobState::Running);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_is_unavailable_not_a_hang_and_the_nodes_recover() {
+    let cluster = tokio::task::spawn_blocking(Cluster::throwaway)
+        .await
+        .unwrap();
+    let cluster = Arc::new(cluster);
+    let c = cluster.clone();
+    let db = tokio::task::spawn_blocking(move || c.database())
+        .await
+        .unwrap();
+    let (a, b) = (node(&db).await, node(&db).await);
+    let t = tenant(&a).await;
+    until_listening(&b, &a, &t).await;
+    let q: QueueName = "q".parse().unwrap();
+    let before = a.job_insert_many(enqueue(&t, &q, 10)).await.unwrap();
+
+    let c = cluster.clone();
+    tokio::task::spawn_blocking(move || c.stop()).await.unwrap();
+    let started = Instant::now();
+    for r in [
+        a.ready().await.map(|_| ()),
+        a.job_insert_many(enqueue(&t, &q, 1)).await.map(|_| ()),
+        b.job_get(&t, &before[0].job.id).await.map(|_| ()),
+    ] {
+        assert!(
+            matches!(r, Err(StoreError::Unavailable(_))),
+            "during the outage: {r:?}"
+        );
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "errors came fast: {:?}",
+        started.elapsed()
+    );
+
+    let c = cluster.clone();
+    tokio::task::spawn_blocking(move || c.start())
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while a.ready().await.is_err() || b.ready().await.is_err() {
+        assert!(Instant::now() < deadline, "the nodes did not recover");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Nothing acknowledged before the outage is lost.
+    for ins in &before {
+        assert!(b.job_get(&t, &ins.job.id).await.unwrap().is_some());
+    }
+    // The listener reconnected by itself: cross-node wake-ups work again.
+    until_listening(&b, &a, &t).await;
+}

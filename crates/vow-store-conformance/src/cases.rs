@@ -1,0 +1,917 @@
+//! The conformance cases. Each takes a fresh, empty store.
+
+use std::collections::HashMap;
+
+use serde_json::json;
+use vow_core::api::QueuePatch;
+use vow_core::auth::Role;
+use vow_core::machine::{apply, EventKind, Op};
+use vow_core::{JobId, JobState, KeyId, LeaseId, Timestamp};
+use vow_store::*;
+
+use crate::fixtures::*;
+
+fn complete(id: &JobId, lease_id: &LeaseId) -> AckItem {
+    AckItem::Complete {
+        id: id.clone(),
+        lease_id: lease_id.clone(),
+        result: Some(json!({ "ok": true })),
+    }
+}
+
+fn fail(id: &JobId, lease_id: &LeaseId, retryable: bool, retry_after_ms: Option<u64>) -> AckItem {
+    AckItem::Fail {
+        id: id.clone(),
+        lease_id: lease_id.clone(),
+        message: "boom".into(),
+        code: Some("e".into()),
+        retryable,
+        retry_after_ms,
+    }
+}
+
+async fn ack(
+    store: &DynStore,
+    tenant: &vow_core::TenantId,
+    item: AckItem,
+    now: Timestamp,
+) -> StoreResult<vow_core::Job> {
+    store
+        .job_ack_many(JobAckMany {
+            tenant_id: tenant.clone(),
+            items: vec![item],
+            now,
+        })
+        .await
+        .unwrap()
+        .remove(0)
+}
+
+/// A job is visible to its tenant only.
+pub async fn insert_get_and_isolation(store: DynStore) {
+    let a = tenant(&store, "a").await;
+    let b = tenant(&store, "b").await;
+    let job = insert_one(&store, &a, "q", T0).await;
+    assert_eq!(job.state, JobState::Available);
+    let got = store.job_get(&a, &job.id).await.unwrap().unwrap();
+    assert_eq!(got, job, "the inserted job reads back identically");
+    assert!(store.job_get(&b, &job.id).await.unwrap().is_none());
+    assert!(lease(&store, &b, "q", 10, None, T0).await.is_empty());
+    assert!(store.job_event_list(&b, &job.id).await.unwrap().is_empty());
+    let list = store
+        .job_list(&JobList {
+            tenant_id: Some(b.clone()),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(list.items.is_empty());
+    assert!(matches!(
+        store
+            .job_cancel(&JobCancel {
+                tenant_id: b.clone(),
+                id: job.id.clone(),
+                now: T0
+            })
+            .await,
+        Err(StoreError::NotFound)
+    ));
+    let leased = lease(&store, &a, "q", 10, None, T0).await;
+    let stolen = ack(
+        &store,
+        &b,
+        complete(&job.id, leased[0].lease_id.as_ref().unwrap()),
+        T0,
+    )
+    .await;
+    assert!(matches!(stolen, Err(StoreError::NotFound)));
+    assert!(store.queue_list(&b, T0).await.unwrap().is_empty());
+}
+
+/// Idempotency keys return the original job or conflict; batches are all-or-nothing.
+pub async fn idempotency_and_atomic_batches(store: DynStore) {
+    let t = tenant(&store, "t").await;
+    let ins = |jobs, queue: &str| JobInsertMany {
+        tenant_id: t.clone(),
+        queue: q(queue),
+        jobs,
+        now: T0,
+    };
+    let first = store
+        .job_insert_many(ins(
+            vec![new_job(json!({ "payload": 1 }), T0, Some("k"))],
+            "q",
+        ))
+        .await
+        .unwrap();
+    assert!(first[0].created);
+    let again = store
+        .job_insert_many(ins(
+            vec![new_job(json!({ "payload": 1 }), T0, Some("k"))],
+            "q",
+        ))
+        .await
+        .unwrap();
+    assert!(!again[0].created);
+    assert_eq!(again[0].job.id, first[0].job.id);
+    let conflict = store
+        .job_insert_many(ins(
+            vec![new_job(json!({ "payload": 2 }), T0, Some("k"))],
+            "q",
+        ))
+        .await;
+    assert!(matches!(conflict, Err(StoreError::IdempotencyConflict(id)) if id == first[0].job.id));
+    // Scope is per queue.
+    let other = store
+        .job_insert_many(ins(
+            vec![new_job(json!({ "payload": 2 }), T0, Some("k"))],
+            "other",
+        ))
+        .await
+        .unwrap();
+    assert!(other[0].created);
+    // A conflict in the middle of a batch inserts nothing of it.
+    let batch = vec![
+        new_job(json!({ "payload": "x" }), T0, None),
+        new_job(json!({ "payload": 99 }), T0, Some("k")),
+    ];
+    assert!(store.job_insert_many(ins(batch, "q")).await.is_err());
+    let list = store
+        .job_list(&JobList {
+            tenant_id: Some(t.clone()),
+            queue: Some(q("q")),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(list.items.len(), 1);
+}
+
+/// Leases follow priority, then run_at, then id; paused queues and future jobs are skipped.
+pub async fn lease_order_pause_and_schedule(store: DynStore) {
+    let t = tenant(&store, "t").await;
+    let ins = insert(
+        &store,
+        &t,
+        "q",
+        vec![
+            json!({ "payload": 0, "priority": 9 }),
+            json!({ "payload": 1 }),
+            json!({ "payload": 2, "priority": 0 }),
+            json!({ "payload": 3 }),
+            json!({ "payload": 4, "delay_ms": 10_000 }),
+        ],
+        T0,
+    )
+    .await;
+    let ids: Vec<_> = ins.iter().map(|i| i.job.id.clone()).collect();
+    assert_eq!(ins[4].job.state, JobState::Scheduled);
+    store
+        .queue_update(&QueueUpdate {
+            tenant_id: t.clone(),
+            name: q("q"),
+            patch: QueuePatch {
+                paused: Some(true),
+                ..Default::default()
+            },
+            now: T0,
+        })
+        .await
+        .unwrap();
+    assert!(lease(&store, &t, "q", 10, None, T0).await.is_empty());
+    store
+        .queue_update(&QueueUpdate {
+            tenant_id: t.clone(),
+            name: q("q"),
+            patch: QueuePatch {
+                paused: Some(false),
+                ..Default::default()
+            },
+            now: T0,
+        })
+        .await
+        .unwrap();
+    let got: Vec<_> = lease(&store, &t, "q", 2, None, T0)
+        .await
+        .into_iter()
+        .map(|j| j.id)
+        .collect();
+    assert_eq!(got, [ids[2].clone(), ids[1].clone()]);
+    let got: Vec<_> = lease(&store, &t, "q", 10, Some(5_000), T0).await;
+    assert_eq!(
+        got.iter().map(|j| j.id.clone()).collect::<Vec<_>>(),
+        [ids[3].clone(), ids[0].clone()]
+    );
+    assert_eq!(got[0].lease_expires_at, Some(T0.plus_ms(5_000)));
+    assert_eq!((got[0].attempt, got[0].state), (1, JobState::Running));
+    assert!(got[0].lease_id.is_some() && got[0].lease_id != got[1].lease_id);
+    // The scheduled job becomes leasable once promoted at its run_at.
+    let sweep = store.job_promote_due(T0.plus_ms(9_999)).await.unwrap();
+    assert_eq!(
+        (sweep.changed, sweep.next_at),
+        (0, Some(T0.plus_ms(10_000)))
+    );
+    let sweep = store.job_promote_due(T0.plus_ms(10_000)).await.unwrap();
+    assert_eq!((sweep.changed, sweep.next_at), (1, None));
+    let got = lease(&store, &t, "q", 10, None, T0.plus_ms(10_000)).await;
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].id, ids[4]);
+}
+
+/// Complete, fail and heartbeat need the current lease.
+pub async fn fencing_and_heartbeats(store: DynStore) {
+    let t = tenant(&store, "t").await;
+    let job = insert_one(&store, &t, "q", T0).await;
+    let leased = lease(&store, &t, "q", 1, Some(1_000), T0).await.remove(0);
+    let lid = leased.lease_id.clone().unwrap();
+    let hb = |lease_id: LeaseId, now: Timestamp| JobHeartbeat {
+        tenant_id: t.clone(),
+        id: job.id.clone(),
+        lease_id,
+        extend_ms: 10_000,
+        progress: Some(json!({ "pct": 5 })),
+        now,
+    };
+    assert_eq!(
+        store
+            .job_heartbeat(hb(lid.clone(), T0.plus_ms(500)))
+            .await
+            .unwrap(),
+        T0.plus_ms(10_500)
+    );
+    assert_eq!(
+        store.job_get(&t, &job.id).await.unwrap().unwrap().progress,
+        Some(json!({ "pct": 5 }))
+    );
+    assert!(matches!(
+        store.job_heartbeat(hb(LeaseId::generate(), T0)).await,
+        Err(StoreError::LeaseLost)
+    ));
+    assert!(matches!(
+        ack(&store, &t, complete(&job.id, &LeaseId::generate()), T0).await,
+        Err(StoreError::LeaseLost)
+    ));
+    let done = ack(&store, &t, complete(&job.id, &lid), T0.plus_ms(600))
+        .await
+        .unwrap();
+    assert_eq!(
+        (done.state, done.finished_at, done.lease_id.clone()),
+        (JobState::Completed, Some(T0.plus_ms(600)), None)
+    );
+    assert_eq!(done.result, Some(json!({ "ok": true })));
+    // A second outcome under the same lease is refused and changes nothing.
+    assert!(matches!(
+        ack(&store, &t, fail(&job.id, &lid, true, None), T0).await,
+        Err(StoreError::LeaseLost)
+    ));
+    assert!(matches!(
+        store.job_heartbeat(hb(lid, T0)).await,
+        Err(StoreError::LeaseLost)
+    ));
+    assert_eq!(store.job_get(&t, &job.id).await.unwrap().unwrap(), done);
+}
+
+/// Failed attempts back off (or follow retry_after_ms), then end dead; retry replays.
+pub async fn failures_backoff_dead_and_retry(store: DynStore) {
+    let t = tenant(&store, "t").await;
+    let req = json!({ "payload": 1, "max_attempts": 2, "backoff": { "initial_ms": 1_000, "max_ms": 1_000 } });
+    let job = insert(&store, &t, "q", vec![req], T0).await.remove(0).job;
+    let l1 = lease(&store, &t, "q", 1, None, T0).await.remove(0);
+    let failed = ack(
+        &store,
+        &t,
+        fail(&job.id, l1.lease_id.as_ref().unwrap(), true, None),
+        T0,
+    )
+    .await
+    .unwrap();
+    assert_eq!(failed.state, JobState::Scheduled);
+    assert!(
+        failed.run_at >= T0 && failed.run_at <= T0.plus_ms(1_000),
+        "full jitter within the ceiling"
+    );
+    assert_eq!(failed.last_error.as_ref().unwrap().message, "boom");
+    store.job_promote_due(T0.plus_ms(1_000)).await.unwrap();
+    let l2 = lease(&store, &t, "q", 1, None, T0.plus_ms(1_000))
+        .await
+        .remove(0);
+    assert_eq!(l2.attempt, 2);
+    let dead = ack(
+        &store,
+        &t,
+        fail(&job.id, l2.lease_id.as_ref().unwrap(), true, Some(5)),
+        T0.plus_ms(1_001),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (dead.state, dead.finished_at),
+        (JobState::Dead, Some(T0.plus_ms(1_001)))
+    );
+    let retried = store
+        .job_retry(&JobRetry {
+            tenant_id: t.clone(),
+            id: job.id.clone(),
+            now: T0.plus_ms(2_000),
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        (retried.state, retried.attempt, retried.finished_at),
+        (JobState::Available, 0, None)
+    );
+    assert!(matches!(
+        store
+            .job_retry(&JobRetry {
+                tenant_id: t.clone(),
+                id: job.id.clone(),
+                now: T0
+            })
+            .await,
+        Err(StoreError::InvalidState(JobState::Available))
+    ));
+    // retry_after_ms is exact; non-retryable is dead at once.
+    let l3 = lease(&store, &t, "q", 1, None, T0.plus_ms(2_000))
+        .await
+        .remove(0);
+    let later = ack(
+        &store,
+        &t,
+        fail(&job.id, l3.lease_id.as_ref().unwrap(), true, Some(7_000)),
+        T0.plus_ms(2_000),
+    )
+    .await
+    .unwrap();
+    assert_eq!(later.run_at, T0.plus_ms(9_000));
+    store.job_promote_due(T0.plus_ms(9_000)).await.unwrap();
+    let l4 = lease(&store, &t, "q", 1, None, T0.plus_ms(9_000))
+        .await
+        .remove(0);
+    let dead = ack(
+        &store,
+        &t,
+        fail(&job.id, l4.lease_id.as_ref().unwrap(), false, None),
+        T0.plus_ms(9_000),
+    )
+    .await
+    .unwrap();
+    assert_eq!((dead.state, dead.attempt), (JobState::Dead, 2));
+}
+
+/// Expired leases become failed attempts; unexpired ones are left alone.
+pub async fn reaper_expires_leases(store: DynStore) {
+    let t = tenant(&store, "t").await;
+    let req =
+        json!({ "payload": 1, "max_attempts": 2, "backoff": { "initial_ms": 0, "max_ms": 0 } });
+    let job = insert(&store, &t, "q", vec![req], T0).await.remove(0).job;
+    let l1 = lease(&store, &t, "q", 1, Some(1_000), T0).await.remove(0);
+    let sweep = store.job_reap_expired(T0.plus_ms(999)).await.unwrap();
+    assert_eq!((sweep.changed, sweep.next_at), (0, Some(T0.plus_ms(1_000))));
+    let sweep = store.job_reap_expired(T0.plus_ms(1_000)).await.unwrap();
+    assert_eq!((sweep.changed, sweep.next_at), (1, None));
+    let j = store.job_get(&t, &job.id).await.unwrap().unwrap();
+    assert_eq!(
+        (j.state, j.attempt, j.lease_id.clone()),
+        (JobState::Scheduled, 1, None)
+    );
+    assert_eq!(j.last_error.unwrap().code.as_deref(), Some("lease_expired"));
+    assert!(matches!(
+        ack(
+            &store,
+            &t,
+            complete(&job.id, l1.lease_id.as_ref().unwrap()),
+            T0.plus_ms(1_001)
+        )
+        .await,
+        Err(StoreError::LeaseLost)
+    ));
+    store.job_promote_due(T0.plus_ms(1_000)).await.unwrap();
+    lease(&store, &t, "q", 1, Some(1_000), T0.plus_ms(1_000))
+        .await
+        .remove(0);
+    store.job_reap_expired(T0.plus_ms(2_000)).await.unwrap();
+    let j = store.job_get(&t, &job.id).await.unwrap().unwrap();
+    assert_eq!((j.state, j.attempt), (JobState::Dead, 2));
+}
+
+/// One bad item does not spoil the others.
+pub async fn ack_many_reports_per_item(store: DynStore) {
+    let t = tenant(&store, "t").await;
+    insert(
+        &store,
+        &t,
+        "q",
+        (0..3).map(|i| json!({ "payload": i })).collect(),
+        T0,
+    )
+    .await;
+    let jobs = lease(&store, &t, "q", 3, None, T0).await;
+    let l = |i: usize| jobs[i].lease_id.clone().unwrap();
+    let out = store
+        .job_ack_many(JobAckMany {
+            tenant_id: t.clone(),
+            items: vec![
+                complete(&jobs[0].id, &l(0)),
+                complete(&jobs[1].id, &l(2)),
+                fail(&jobs[2].id, &l(2), false, None),
+                complete(&JobId::generate(), &l(0)),
+            ],
+            now: T0,
+        })
+        .await
+        .unwrap();
+    assert_eq!(out.len(), 4);
+    assert_eq!(out[0].as_ref().unwrap().state, JobState::Completed);
+    assert!(matches!(out[1], Err(StoreError::LeaseLost)));
+    assert_eq!(out[2].as_ref().unwrap().state, JobState::Dead);
+    assert!(matches!(out[3], Err(StoreError::NotFound)));
+    assert_eq!(
+        store.job_get(&t, &jobs[1].id).await.unwrap().unwrap().state,
+        JobState::Running
+    );
+}
+
+/// Cancel works from every non-terminal state and never from a terminal one.
+pub async fn cancel_semantics(store: DynStore) {
+    let t = tenant(&store, "t").await;
+    let ins = insert(
+        &store,
+        &t,
+        "q",
+        vec![
+            json!({ "payload": 1 }),
+            json!({ "payload": 2, "delay_ms": 1000 }),
+            json!({ "payload": 3 }),
+        ],
+        T0,
+    )
+    .await;
+    let running = lease(&store, &t, "q", 1, None, T0).await.remove(0);
+    for i in &ins {
+        let c = store
+            .job_cancel(&JobCancel {
+                tenant_id: t.clone(),
+                id: i.job.id.clone(),
+                now: T0,
+            })
+            .await
+            .unwrap();
+        assert_eq!((c.state, c.lease_id), (JobState::Cancelled, None));
+    }
+    let again = store
+        .job_cancel(&JobCancel {
+            tenant_id: t.clone(),
+            id: ins[0].job.id.clone(),
+            now: T0,
+        })
+        .await;
+    assert!(matches!(
+        again,
+        Err(StoreError::InvalidState(JobState::Cancelled))
+    ));
+    assert!(matches!(
+        ack(
+            &store,
+            &t,
+            complete(&running.id, running.lease_id.as_ref().unwrap()),
+            T0
+        )
+        .await,
+        Err(StoreError::LeaseLost)
+    ));
+    assert!(
+        store
+            .job_promote_due(T0.plus_ms(5_000))
+            .await
+            .unwrap()
+            .changed
+            == 0
+    );
+}
+
+/// Every transition is logged in order and published on the bus after commit.
+pub async fn events_and_bus(store: DynStore) {
+    let t = tenant(&store, "t").await;
+    let mut rx = store.bus().subscribe();
+    let waiter = store.bus().queue_waiter(&t, &q("q"));
+    let woken = waiter.notified();
+    tokio::pin!(woken);
+    woken.as_mut().enable();
+    let job = insert_one(&store, &t, "q", T0).await;
+    tokio::time::timeout(std::time::Duration::from_secs(5), woken)
+        .await
+        .expect("enqueue wakes the queue");
+    let l = lease(&store, &t, "q", 1, None, T0).await.remove(0);
+    ack(
+        &store,
+        &t,
+        complete(&job.id, l.lease_id.as_ref().unwrap()),
+        T0,
+    )
+    .await
+    .unwrap();
+    let log = store.job_event_list(&t, &job.id).await.unwrap();
+    let kinds: Vec<_> = log.iter().map(|e| e.kind).collect();
+    assert_eq!(
+        kinds,
+        [EventKind::Enqueued, EventKind::Leased, EventKind::Completed]
+    );
+    assert_eq!(log[0].from_state, None);
+    assert_eq!(
+        (log[1].from_state, log[1].to_state, log[1].attempt),
+        (Some(JobState::Available), JobState::Running, 1)
+    );
+    assert!(log.windows(2).all(|w| w[0].seq < w[1].seq));
+    for want in &log {
+        let got = rx.recv().await.unwrap();
+        assert_eq!(got.tenant_id, t);
+        assert_eq!(&got.event, want);
+    }
+}
+
+/// Event replay after a sequence number, per tenant, with queue and job filters.
+pub async fn event_replay_since(store: DynStore) {
+    let t = tenant(&store, "t").await;
+    let other = tenant(&store, "o").await;
+    insert_one(&store, &other, "q", T0).await;
+    let a = insert_one(&store, &t, "q", T0).await;
+    let b = insert_one(&store, &t, "r", T0).await;
+    lease(&store, &t, "q", 1, None, T0).await;
+    let since = |after: i64, queue: Option<&str>, job_id: Option<&JobId>, limit: usize| {
+        let store = store.clone();
+        let p = JobEventListSince {
+            tenant_id: t.clone(),
+            after,
+            queue: queue.map(q),
+            job_id: job_id.cloned(),
+            limit,
+        };
+        async move { store.job_event_list_since(&p).await.unwrap() }
+    };
+    let all = since(0, None, None, 100).await;
+    let kinds: Vec<_> = all.iter().map(|e| (e.job_id.clone(), e.kind)).collect();
+    assert_eq!(
+        kinds,
+        [
+            (a.id.clone(), EventKind::Enqueued),
+            (b.id.clone(), EventKind::Enqueued),
+            (a.id.clone(), EventKind::Leased)
+        ]
+    );
+    assert!(all.windows(2).all(|w| w[0].seq < w[1].seq));
+    let rest = since(all[0].seq, None, None, 100).await;
+    assert_eq!(rest, all[1..]);
+    assert_eq!(since(all[0].seq, None, None, 1).await, all[1..2]);
+    assert_eq!(since(0, Some("r"), None, 100).await, all[1..2]);
+    assert_eq!(since(0, None, Some(&a.id), 100).await.len(), 2);
+    assert!(since(all[2].seq, None, None, 100).await.is_empty());
+}
+
+/// Listing: newest first, filters, cursor pages.
+pub async fn list_filters_and_pages(store: DynStore) {
+    let t = tenant(&store, "t").await;
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let tags = if i % 2 == 0 {
+            json!(["even"])
+        } else {
+            json!([])
+        };
+        let ins = insert(
+            &store,
+            &t,
+            if i < 3 { "a" } else { "b" },
+            vec![json!({ "payload": i, "tags": tags, "group": "g" })],
+            T0,
+        )
+        .await;
+        ids.push(ins[0].job.id.clone());
+    }
+    let base = JobList {
+        tenant_id: Some(t.clone()),
+        limit: 2,
+        ..Default::default()
+    };
+    let p1 = store.job_list(&base).await.unwrap();
+    assert_eq!(
+        p1.items.iter().map(|j| j.id.clone()).collect::<Vec<_>>(),
+        [ids[4].clone(), ids[3].clone()]
+    );
+    let before: JobId = p1.next_cursor.unwrap().parse().unwrap();
+    let p2 = store
+        .job_list(&JobList {
+            before: Some(before),
+            ..base.clone()
+        })
+        .await
+        .unwrap();
+    assert_eq!(p2.items[0].id, ids[2]);
+    let all = |f: JobList| {
+        let store = store.clone();
+        async move {
+            store
+                .job_list(&JobList { limit: 100, ..f })
+                .await
+                .unwrap()
+                .items
+                .len()
+        }
+    };
+    assert_eq!(
+        all(JobList {
+            queue: Some(q("a")),
+            ..base.clone()
+        })
+        .await,
+        3
+    );
+    assert_eq!(
+        all(JobList {
+            tag: Some("even".into()),
+            ..base.clone()
+        })
+        .await,
+        3
+    );
+    assert_eq!(
+        all(JobList {
+            group: Some("g".parse().unwrap()),
+            ..base.clone()
+        })
+        .await,
+        5
+    );
+    assert_eq!(
+        all(JobList {
+            state: Some(JobState::Running),
+            ..base.clone()
+        })
+        .await,
+        0
+    );
+}
+
+/// Queue rows: created on first use, counted by state, settings patched.
+pub async fn queues_counts_and_settings(store: DynStore) {
+    let t = tenant(&store, "t").await;
+    assert!(store.queue_get(&t, &q("q"), T0).await.unwrap().is_none());
+    insert(
+        &store,
+        &t,
+        "q",
+        vec![
+            json!({ "payload": 1 }),
+            json!({ "payload": 2 }),
+            json!({ "payload": 3, "delay_ms": 50 }),
+        ],
+        T0,
+    )
+    .await;
+    lease(&store, &t, "q", 1, None, T0).await;
+    let v = store
+        .queue_get(&t, &q("q"), T0.plus_ms(40))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (v.counts.available, v.counts.running, v.counts.scheduled),
+        (1, 1, 1)
+    );
+    assert_eq!(v.oldest_available_age_ms, Some(40));
+    let patch = QueuePatch {
+        concurrency_limit: Some(Some(3)),
+        max_pending: Some(Some(100)),
+        ..Default::default()
+    };
+    let v = store
+        .queue_update(&QueueUpdate {
+            tenant_id: t.clone(),
+            name: q("q"),
+            patch,
+            now: T0,
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        (v.concurrency_limit, v.max_pending, v.paused),
+        (Some(3), Some(100), false)
+    );
+    let patch = QueuePatch {
+        concurrency_limit: Some(None),
+        ..Default::default()
+    };
+    let v = store
+        .queue_update(&QueueUpdate {
+            tenant_id: t.clone(),
+            name: q("q"),
+            patch,
+            now: T0,
+        })
+        .await
+        .unwrap();
+    assert_eq!((v.concurrency_limit, v.max_pending), (None, Some(100)));
+    assert_eq!(store.queue_list(&t, T0).await.unwrap().len(), 1);
+}
+
+/// Tenants have unique names; keys are stored hashed and can be revoked.
+pub async fn tenants_and_keys(store: DynStore) {
+    let t = tenant(&store, "acme").await;
+    let dup = store
+        .tenant_insert(&TenantInsert {
+            id: vow_core::TenantId::generate(),
+            name: "acme".parse().unwrap(),
+            max_pending: None,
+            now: T0,
+        })
+        .await;
+    assert!(matches!(dup, Err(StoreError::Conflict(_))));
+    assert_eq!(
+        store
+            .tenant_get_by_name(&"acme".parse().unwrap())
+            .await
+            .unwrap()
+            .unwrap()
+            .id,
+        t
+    );
+    assert_eq!(store.tenant_list().await.unwrap().len(), 1);
+    let id = KeyId::generate();
+    let rec = store
+        .api_key_insert(&ApiKeyInsert {
+            id: id.clone(),
+            tenant_id: Some(t.clone()),
+            role: Role::Worker,
+            hash: "h".into(),
+            now: T0,
+        })
+        .await
+        .unwrap();
+    assert_eq!((rec.role, rec.revoked_at), (Role::Worker, None));
+    assert_eq!(store.api_key_list(Some(&t)).await.unwrap().len(), 1);
+    assert!(store.api_key_list(None).await.unwrap().is_empty());
+    let revoked = store.api_key_revoke(&id, T0.plus_ms(5)).await.unwrap();
+    assert_eq!(revoked.revoked_at, Some(T0.plus_ms(5)));
+    assert!(matches!(
+        store.api_key_revoke(&KeyId::generate(), T0).await,
+        Err(StoreError::NotFound)
+    ));
+}
+
+/// Random operations on a few jobs, applied to the store and to the reference model
+/// (`vow_core::machine`) side by side: after every step the two agree.
+pub async fn model_based_random_ops(store: DynStore) {
+    let t = tenant(&store, "t").await;
+    // Deterministic pseudo-random sequence (xorshift), so a failure reproduces.
+    let mut seed: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut next = move |n: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % n
+    };
+    let req =
+        json!({ "payload": 1, "max_attempts": 3, "backoff": { "initial_ms": 0, "max_ms": 0 } });
+    let mut model: HashMap<JobId, vow_core::Job> = HashMap::new();
+    let mut ids = Vec::new();
+    for _ in 0..4 {
+        let job = insert(&store, &t, "m", vec![req.clone()], T0)
+            .await
+            .remove(0)
+            .job;
+        ids.push(job.id.clone());
+        model.insert(job.id.clone(), job);
+    }
+    let mut now = T0;
+    for step in 0..400 {
+        now = now.plus_ms(next(400) as i64);
+        let id = ids[next(ids.len() as u64) as usize].clone();
+        let m = model.get_mut(&id).unwrap();
+        // Sometimes use the current lease, sometimes a stale one.
+        let lease_id = if next(4) == 0 {
+            LeaseId::generate()
+        } else {
+            m.lease_id.clone().unwrap_or_else(LeaseId::generate)
+        };
+        let before = m.clone();
+        match next(7) {
+            0 => {
+                // Lease whatever the store picks first; mirror it in the model.
+                let got = lease(&store, &t, "m", 1, Some(300), now).await;
+                let avail: Vec<_> = model
+                    .values()
+                    .filter(|j| j.state == JobState::Available)
+                    .map(|j| j.id.clone())
+                    .collect();
+                assert_eq!(got.len(), usize::from(!avail.is_empty()), "step {step}");
+                if let Some(j) = got.first() {
+                    let mj = model.get_mut(&j.id).unwrap();
+                    assert_eq!(
+                        mj.state,
+                        JobState::Available,
+                        "step {step}: leased a job that is not available"
+                    );
+                    let op = Op::Lease {
+                        lease_id: j.lease_id.clone().unwrap(),
+                        worker_id: "w1".into(),
+                        lease_ms: Some(300),
+                    };
+                    apply(mj, op, now, 0.0).unwrap();
+                }
+            }
+            1 => {
+                let r = ack(&store, &t, complete(&id, &lease_id), now).await;
+                let want = apply(
+                    m,
+                    Op::Complete {
+                        lease_id,
+                        result: Some(json!({ "ok": true })),
+                    },
+                    now,
+                    0.0,
+                );
+                assert_eq!(
+                    r.is_ok(),
+                    want.is_ok(),
+                    "step {step}: complete on {before:?}"
+                );
+            }
+            2 => {
+                let retryable = next(3) != 0;
+                let r = ack(&store, &t, fail(&id, &lease_id, retryable, Some(100)), now).await;
+                let op = Op::Fail {
+                    lease_id,
+                    message: "boom".into(),
+                    code: Some("e".into()),
+                    retryable,
+                    retry_after_ms: Some(100),
+                };
+                let want = apply(m, op, now, 0.0);
+                assert_eq!(r.is_ok(), want.is_ok(), "step {step}: fail on {before:?}");
+            }
+            3 => {
+                store.job_reap_expired(now).await.unwrap();
+                for j in model.values_mut() {
+                    let _ = apply(j, Op::Expire, now, 0.0);
+                }
+            }
+            4 => {
+                store.job_promote_due(now).await.unwrap();
+                for j in model.values_mut() {
+                    let _ = apply(j, Op::Promote, now, 0.0);
+                }
+            }
+            5 => {
+                let r = store
+                    .job_cancel(&JobCancel {
+                        tenant_id: t.clone(),
+                        id: id.clone(),
+                        now,
+                    })
+                    .await;
+                assert_eq!(
+                    r.is_ok(),
+                    apply(m, Op::Cancel, now, 0.0).is_ok(),
+                    "step {step}: cancel on {before:?}"
+                );
+            }
+            _ => {
+                let r = store
+                    .job_retry(&JobRetry {
+                        tenant_id: t.clone(),
+                        id: id.clone(),
+                        now,
+                    })
+                    .await;
+                assert_eq!(
+                    r.is_ok(),
+                    apply(m, Op::Retry, now, 0.0).is_ok(),
+                    "step {step}: retry on {before:?}"
+                );
+            }
+        }
+        for (id, want) in &model {
+            let got = store.job_get(&t, id).await.unwrap().unwrap();
+            assert_eq!(
+                (
+                    got.state,
+                    got.attempt,
+                    got.run_at,
+                    got.lease_id.clone(),
+                    got.lease_expires_at,
+                    got.finished_at
+                ),
+                (
+                    want.state,
+                    want.attempt,
+                    want.run_at,
+                    want.lease_id.clone(),
+                    want.lease_expires_at,
+                    want.finished_at
+                ),
+                "step {step}: store and model disagree on {id}"
+            );
+        }
+    }
+}

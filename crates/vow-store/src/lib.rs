@@ -1,0 +1,118 @@
+//! The storage seam of vow: one [`Store`] trait that every backend (SQLite, PostgreSQL)
+//! implements, one parameter struct per method, one error type, and the [`Bus`] through
+//! which a store tells the server that work is available or a job changed.
+//!
+//! Methods are named noun-then-verb and kept sorted so the trait reads like an index.
+//! Every method that touches tenant data takes the tenant id: isolation is enforced in
+//! the store's queries, not only at the HTTP edge.
+
+mod bus;
+mod error;
+mod instrumented;
+mod params;
+
+pub use bus::{Bus, BusEvent, JobWaiter};
+pub use error::StoreError;
+pub use instrumented::Instrumented;
+pub use params::*;
+
+use async_trait::async_trait;
+use vow_core::api::{JobEventView, Page, QueueView, TenantView};
+use vow_core::{Job, JobId, KeyId, QueueName, TenantId, TenantName, Timestamp};
+
+/// Result of a store call.
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// A durable home for tenants, keys, queues, jobs and their events.
+///
+/// Every write is durable when its future resolves (fsync'd or committed), and the
+/// corresponding [`Bus`] notifications are sent after that point, never before.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// The bus this store publishes wake-ups and job events on.
+    fn bus(&self) -> &Bus;
+
+    /// Looks up an API key by id (revoked keys included, with `revoked_at` set).
+    async fn api_key_get(&self, id: &KeyId) -> StoreResult<Option<ApiKeyRecord>>;
+    /// Stores a new key's hash.
+    async fn api_key_insert(&self, p: &ApiKeyInsert) -> StoreResult<ApiKeyRecord>;
+    /// Keys of a tenant (`None`: the root keys).
+    async fn api_key_list(&self, tenant_id: Option<&TenantId>) -> StoreResult<Vec<ApiKeyRecord>>;
+    /// Revokes a key; `NotFound` when there is no such key.
+    async fn api_key_revoke(&self, id: &KeyId, now: Timestamp) -> StoreResult<ApiKeyRecord>;
+
+    /// Records completions and failures in one transaction; one outcome per item, in order.
+    /// A stale lease is `Err(LeaseLost)` for that item only.
+    async fn job_ack_many(&self, p: JobAckMany) -> StoreResult<Vec<StoreResult<Job>>>;
+    /// Cancels a non-terminal job (`InvalidState` when terminal).
+    async fn job_cancel(&self, p: &JobCancel) -> StoreResult<Job>;
+    /// A job's events, oldest first.
+    async fn job_event_list(
+        &self,
+        tenant_id: &TenantId,
+        id: &JobId,
+    ) -> StoreResult<Vec<JobEventView>>;
+    /// A tenant's events with `seq > p.after`, oldest first, at most `p.limit`, optionally
+    /// only of one queue or one job: the replay behind `GET /v1/events` and its
+    /// `Last-Event-ID` resume. Every backend overrides this; the default only reports
+    /// the store as unable to replay.
+    async fn job_event_list_since(&self, p: &JobEventListSince) -> StoreResult<Vec<JobEventView>> {
+        let _ = p;
+        Err(StoreError::Unavailable(
+            "this store cannot replay events".into(),
+        ))
+    }
+    /// One job of a tenant.
+    async fn job_get(&self, tenant_id: &TenantId, id: &JobId) -> StoreResult<Option<Job>>;
+    /// Extends a running lease; returns the new deadline (`LeaseLost` when stale).
+    async fn job_heartbeat(&self, p: JobHeartbeat) -> StoreResult<Timestamp>;
+    /// Inserts jobs atomically (all or none), honouring idempotency keys.
+    async fn job_insert_many(&self, p: JobInsertMany) -> StoreResult<Vec<Inserted>>;
+    /// Leases up to `max_jobs` available jobs of a queue: priority, then `run_at`, then id.
+    /// Returns nothing for a paused queue.
+    async fn job_lease(&self, p: &JobLease) -> StoreResult<Vec<Job>>;
+    /// Lists a tenant's jobs, newest first.
+    async fn job_list(&self, p: &JobList) -> StoreResult<Page<Job>>;
+    /// Makes due scheduled jobs available (all tenants); returns how many, and when the
+    /// next scheduled job falls due.
+    async fn job_promote_due(&self, now: Timestamp) -> StoreResult<Sweep>;
+    /// Turns expired leases into failed attempts (all tenants); returns how many, and
+    /// when the next running lease expires.
+    async fn job_reap_expired(&self, now: Timestamp) -> StoreResult<Sweep>;
+    /// Replays a dead or cancelled job (`InvalidState` otherwise).
+    async fn job_retry(&self, p: &JobRetry) -> StoreResult<Job>;
+
+    /// Claims or renews the leader lease of a duty (`p.name`) for `p.node_id` until
+    /// `p.now + p.ttl_ms`; returns whether `p.node_id` holds it now. Another node gets it
+    /// only once the holder's lease has expired (or was resigned). A single-node store
+    /// (SQLite) always answers `true`: its process is the only node.
+    async fn leader_elect(&self, p: &LeaderElect) -> StoreResult<bool>;
+    /// Gives up the lease of a duty if `p.node_id` holds it, so another node can take
+    /// over at once (graceful shutdown).
+    async fn leader_resign(&self, p: &LeaderResign) -> StoreResult<()>;
+
+    /// One queue with its counts; `None` if it has never been used.
+    async fn queue_get(
+        &self,
+        tenant_id: &TenantId,
+        name: &QueueName,
+        now: Timestamp,
+    ) -> StoreResult<Option<QueueView>>;
+    /// All queues of a tenant with their counts, by name.
+    async fn queue_list(&self, tenant_id: &TenantId, now: Timestamp)
+        -> StoreResult<Vec<QueueView>>;
+    /// Changes a queue's settings, creating it if needed.
+    async fn queue_update(&self, p: &QueueUpdate) -> StoreResult<QueueView>;
+
+    /// Whether the store answers and its schema is current.
+    async fn ready(&self) -> StoreResult<()>;
+
+    /// One tenant by id.
+    async fn tenant_get(&self, id: &TenantId) -> StoreResult<Option<TenantView>>;
+    /// One tenant by name.
+    async fn tenant_get_by_name(&self, name: &TenantName) -> StoreResult<Option<TenantView>>;
+    /// Creates a tenant (`Conflict` when the name is taken).
+    async fn tenant_insert(&self, p: &TenantInsert) -> StoreResult<TenantView>;
+    /// All tenants, by name.
+    async fn tenant_list(&self) -> StoreResult<Vec<TenantView>>;
+}

@@ -1,0 +1,282 @@
+//! Parameter and result structs of [`crate::Store`] methods, one per method.
+
+use serde_json::Value;
+use vow_core::api::QueuePatch;
+use vow_core::auth::Role;
+use vow_core::job::NewJob;
+use vow_core::{
+    GroupKey, Job, JobId, JobState, KeyId, LeaseId, QueueName, TenantId, TenantName, Timestamp,
+};
+
+/// A stored API key (hash only).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiKeyRecord {
+    /// Key id.
+    pub id: KeyId,
+    /// Owning tenant; `None` for a root key.
+    pub tenant_id: Option<TenantId>,
+    /// Role.
+    pub role: Role,
+    /// SHA-256 hex of the plaintext.
+    pub hash: String,
+    /// Creation time.
+    pub created_at: Timestamp,
+    /// Revocation time.
+    pub revoked_at: Option<Timestamp>,
+}
+
+/// [`crate::Store::api_key_insert`].
+#[derive(Debug, Clone)]
+pub struct ApiKeyInsert {
+    /// Key id (from the plaintext's prefix).
+    pub id: KeyId,
+    /// Owning tenant; `None` for a root key.
+    pub tenant_id: Option<TenantId>,
+    /// Role.
+    pub role: Role,
+    /// SHA-256 hex of the plaintext.
+    pub hash: String,
+    /// Creation time.
+    pub now: Timestamp,
+}
+
+/// One item of [`JobAckMany`].
+#[derive(Debug, Clone)]
+pub enum AckItem {
+    /// Record success.
+    Complete {
+        /// Job id.
+        id: JobId,
+        /// Lease it ran under.
+        lease_id: LeaseId,
+        /// Result.
+        result: Option<Value>,
+    },
+    /// Record a failed attempt.
+    Fail {
+        /// Job id.
+        id: JobId,
+        /// Lease it ran under.
+        lease_id: LeaseId,
+        /// Error message.
+        message: String,
+        /// Error code.
+        code: Option<String>,
+        /// `false`: straight to dead.
+        retryable: bool,
+        /// Overrides the backoff delay.
+        retry_after_ms: Option<u64>,
+    },
+}
+
+impl AckItem {
+    /// The job this item is about, and the state-machine operation it asks for.
+    pub fn into_op(self) -> (JobId, vow_core::machine::Op) {
+        use vow_core::machine::Op;
+        match self {
+            AckItem::Complete {
+                id,
+                lease_id,
+                result,
+            } => (id, Op::Complete { lease_id, result }),
+            AckItem::Fail {
+                id,
+                lease_id,
+                message,
+                code,
+                retryable,
+                retry_after_ms,
+            } => (
+                id,
+                Op::Fail {
+                    lease_id,
+                    message,
+                    code,
+                    retryable,
+                    retry_after_ms,
+                },
+            ),
+        }
+    }
+}
+
+/// [`crate::Store::job_ack_many`].
+#[derive(Debug, Clone)]
+pub struct JobAckMany {
+    /// Tenant of the worker.
+    pub tenant_id: TenantId,
+    /// The outcomes.
+    pub items: Vec<AckItem>,
+    /// Time of the ack.
+    pub now: Timestamp,
+}
+
+/// [`crate::Store::job_cancel`].
+#[derive(Debug, Clone)]
+pub struct JobCancel {
+    /// Tenant.
+    pub tenant_id: TenantId,
+    /// Job.
+    pub id: JobId,
+    /// Time of the cancel.
+    pub now: Timestamp,
+}
+
+/// [`crate::Store::job_event_list_since`].
+#[derive(Debug, Clone)]
+pub struct JobEventListSince {
+    /// Tenant.
+    pub tenant_id: TenantId,
+    /// Only events after this sequence number (0: from the start).
+    pub after: i64,
+    /// Only events of this queue.
+    pub queue: Option<QueueName>,
+    /// Only events of this job.
+    pub job_id: Option<JobId>,
+    /// Most events to return.
+    pub limit: usize,
+}
+
+/// [`crate::Store::job_heartbeat`].
+#[derive(Debug, Clone)]
+pub struct JobHeartbeat {
+    /// Tenant.
+    pub tenant_id: TenantId,
+    /// Job.
+    pub id: JobId,
+    /// Lease being extended.
+    pub lease_id: LeaseId,
+    /// New deadline = now + this.
+    pub extend_ms: u64,
+    /// Progress to store.
+    pub progress: Option<Value>,
+    /// Time of the heartbeat.
+    pub now: Timestamp,
+}
+
+/// [`crate::Store::job_insert_many`].
+#[derive(Debug, Clone)]
+pub struct JobInsertMany {
+    /// Tenant.
+    pub tenant_id: TenantId,
+    /// Queue (created on first use).
+    pub queue: QueueName,
+    /// Jobs to insert, all or none.
+    pub jobs: Vec<NewJob>,
+    /// Time of the enqueue.
+    pub now: Timestamp,
+}
+
+/// One result of [`crate::Store::job_insert_many`].
+#[derive(Debug, Clone)]
+pub struct Inserted {
+    /// The job (the original one when an idempotency key matched).
+    pub job: Job,
+    /// `false` when an existing job was returned for a repeated idempotency key.
+    pub created: bool,
+}
+
+/// [`crate::Store::job_lease`].
+#[derive(Debug, Clone)]
+pub struct JobLease {
+    /// Tenant.
+    pub tenant_id: TenantId,
+    /// Queue.
+    pub queue: QueueName,
+    /// Worker taking the lease.
+    pub worker_id: String,
+    /// Most jobs to lease.
+    pub max_jobs: u32,
+    /// Lease length; each job's `timeout_ms` when `None`.
+    pub lease_ms: Option<u64>,
+    /// Time of the lease.
+    pub now: Timestamp,
+}
+
+/// [`crate::Store::leader_elect`].
+#[derive(Debug, Clone)]
+pub struct LeaderElect {
+    /// The duty, e.g. `promoter`; each has its own lease.
+    pub name: String,
+    /// The node asking (unique per process).
+    pub node_id: String,
+    /// How long the lease lasts from `now` unless renewed. Must exceed the clock skew
+    /// between nodes and the renewal interval.
+    pub ttl_ms: u64,
+    /// Time of the claim.
+    pub now: Timestamp,
+}
+
+/// [`crate::Store::leader_resign`].
+#[derive(Debug, Clone)]
+pub struct LeaderResign {
+    /// The duty.
+    pub name: String,
+    /// The node giving it up; nothing happens unless it holds the lease.
+    pub node_id: String,
+}
+
+/// [`crate::Store::job_list`].
+#[derive(Debug, Clone, Default)]
+pub struct JobList {
+    /// Tenant.
+    pub tenant_id: Option<TenantId>,
+    /// Only this queue.
+    pub queue: Option<QueueName>,
+    /// Only this state.
+    pub state: Option<JobState>,
+    /// Only this group.
+    pub group: Option<GroupKey>,
+    /// Only jobs with this tag.
+    pub tag: Option<String>,
+    /// Page size.
+    pub limit: usize,
+    /// Only jobs with ids below this (the previous page's last id).
+    pub before: Option<JobId>,
+}
+
+/// [`crate::Store::job_retry`].
+#[derive(Debug, Clone)]
+pub struct JobRetry {
+    /// Tenant.
+    pub tenant_id: TenantId,
+    /// Job.
+    pub id: JobId,
+    /// Time of the retry.
+    pub now: Timestamp,
+}
+
+/// Result of a maintenance sweep.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Sweep {
+    /// Jobs changed.
+    pub changed: usize,
+    /// When the next sweep has something to do, if known.
+    pub next_at: Option<Timestamp>,
+}
+
+/// [`crate::Store::queue_update`].
+#[derive(Debug, Clone)]
+pub struct QueueUpdate {
+    /// Tenant.
+    pub tenant_id: TenantId,
+    /// Queue.
+    pub name: QueueName,
+    /// Changes.
+    pub patch: QueuePatch,
+    /// Time of the change.
+    pub now: Timestamp,
+}
+
+/// [`crate::Store::tenant_insert`].
+#[derive(Debug, Clone)]
+pub struct TenantInsert {
+    /// New tenant's id.
+    pub id: TenantId,
+    /// Unique name.
+    pub name: TenantName,
+    /// Pending-job quota.
+    pub max_pending: Option<u64>,
+    /// Creation time.
+    pub now: Timestamp,
+}

@@ -1,0 +1,265 @@
+//! The server under test: a fresh `vow serve` child process per workload (its own temp
+//! data dir, a free port, a root key the bench made up), or an existing server at
+//! `--url`.
+//!
+//! Each workload gets a [`Session`]: a client with an admin key, the queue to use and,
+//! when known, the server's pid for CPU and RSS figures. On a child server the session
+//! also gets a tenant of its own, created with the root key, so a shared store (e.g.
+//! PostgreSQL given with `--store`) starts every workload with empty counts too.
+
+use std::io::Write;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use vow_client::Client;
+use vow_core::api::{KeyCreate, TenantCreate};
+use vow_core::auth::{ApiKeySecret, Role};
+
+/// How long a child server may take to answer `/readyz`.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Where workloads run.
+#[derive(Debug, Clone)]
+pub enum Target {
+    /// Start `vow serve` (this executable) per workload, passing `store` through.
+    Spawn {
+        /// `--store` for the child; `None` is the embedded store in its data dir.
+        store: Option<String>,
+    },
+    /// An existing server.
+    External {
+        /// Its base URL.
+        url: String,
+        /// An API key with admin rights on the tenant to use.
+        api_key: String,
+        /// Its pid, when the caller told us, for CPU and RSS figures.
+        pid: Option<u32>,
+    },
+}
+
+impl Target {
+    /// What the JSON calls the store: `sqlite` (embedded), `postgres`, or `unknown` for
+    /// a server the bench did not start. Never includes credentials.
+    pub fn store_kind(&self) -> &'static str {
+        match self {
+            Target::Spawn { store: None } => "sqlite",
+            Target::Spawn { store: Some(url) } => store_kind_of(url),
+            Target::External { .. } => "unknown (external server)",
+        }
+    }
+
+    /// Prepares a fresh place for workload `tag` (e.g. `w3a`).
+    pub async fn session(&self, tag: &str) -> anyhow::Result<Session> {
+        match self {
+            Target::Spawn { store } => {
+                let mut server = ChildServer::start(store.as_deref())?;
+                let root = Client::new(&server.url, &server.root_key)?;
+                server.wait_ready(&root).await?;
+                let tenant = format!("bench-{tag}-{}", unix_ms());
+                let name = tenant
+                    .parse()
+                    .map_err(|e| anyhow::anyhow!("bad tenant name {tenant}: {e}"))?;
+                root.create_tenant(&TenantCreate {
+                    name,
+                    max_pending: None,
+                })
+                .await
+                .context("creating the bench tenant")?;
+                let key = root
+                    .create_key(&tenant, &KeyCreate { role: Role::Admin })
+                    .await
+                    .context("creating the bench tenant's admin key")?;
+                Ok(Session {
+                    client: Client::new(&server.url, &key.key)?,
+                    queue: "bench".to_owned(),
+                    server_pid: Some(server.child.id()),
+                    child: Some(server),
+                })
+            }
+            Target::External { url, api_key, pid } => {
+                let client = Client::new(url, api_key)?;
+                client
+                    .readyz()
+                    .await
+                    .with_context(|| format!("the server at {url} is not ready"))?;
+                Ok(Session {
+                    client,
+                    // A queue of its own per run and workload: counts start at zero.
+                    queue: format!("bench-{}-{tag}", unix_ms()),
+                    server_pid: *pid,
+                    child: None,
+                })
+            }
+        }
+    }
+}
+
+/// `sqlite` or `postgres` from a store URL.
+fn store_kind_of(url: &str) -> &'static str {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        "postgres"
+    } else if url.starts_with("sqlite") {
+        "sqlite"
+    } else {
+        "other"
+    }
+}
+
+/// One workload's server, client and queue.
+#[derive(Debug)]
+pub struct Session {
+    /// A client with an admin key of the tenant to use.
+    pub client: Client,
+    /// The queue to use: `bench`, or a unique one on an external server.
+    pub queue: String,
+    /// The server's pid, if known.
+    pub server_pid: Option<u32>,
+    child: Option<ChildServer>,
+}
+
+impl Session {
+    /// Stops the child server, if the bench started one. A server that already exited
+    /// (crashed) is reported with its log's last lines.
+    pub fn finish(mut self) -> anyhow::Result<()> {
+        match self.child.take() {
+            Some(child) => child.stop(),
+            None => Ok(()),
+        }
+    }
+}
+
+/// A `vow serve` child with its own data dir; killed and cleaned up on drop.
+#[derive(Debug)]
+struct ChildServer {
+    child: Child,
+    url: String,
+    root_key: String,
+    dir: PathBuf,
+    log: PathBuf,
+}
+
+impl ChildServer {
+    fn start(store: Option<&str>) -> anyhow::Result<Self> {
+        let exe = std::env::current_exe().context("cannot find the vow executable")?;
+        let dir =
+            std::env::temp_dir().join(format!("vow-bench-{}-{}", std::process::id(), unix_ms()));
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+        let log = dir.join("server.log");
+        let log_file = std::fs::File::create(&log)?;
+        let port = free_port()?;
+        let url = format!("http://127.0.0.1:{port}");
+        let root_key = ApiKeySecret::generate().expose().to_owned();
+        let mut cmd = Command::new(exe);
+        cmd.arg("serve")
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--data-dir")
+            .arg(&dir)
+            .env("VOW_ROOT_KEY", &root_key)
+            .env("RUST_LOG", "warn")
+            .env_remove("VOW_CONFIG")
+            .env_remove("VOW_STORE")
+            .env_remove("VOW_LISTEN")
+            .env_remove("VOW_DATA_DIR")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log_file);
+        if let Some(store) = store {
+            cmd.arg("--store").arg(store);
+        }
+        let child = cmd.spawn().context("cannot start `vow serve`")?;
+        Ok(Self {
+            child,
+            url,
+            root_key,
+            dir,
+            log,
+        })
+    }
+
+    async fn wait_ready(&mut self, root: &Client) -> anyhow::Result<()> {
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if root.readyz().await.is_ok() {
+                return Ok(());
+            }
+            if let Some(status) = self.child.try_wait()? {
+                anyhow::bail!(
+                    "`vow serve` exited at start ({status}); its log:\n{}",
+                    tail(&self.log)
+                );
+            }
+            if Instant::now() > deadline {
+                anyhow::bail!(
+                    "`vow serve` was not ready within {} s; its log:\n{}",
+                    START_TIMEOUT.as_secs(),
+                    tail(&self.log)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    fn stop(mut self) -> anyhow::Result<()> {
+        if let Some(status) = self.child.try_wait()? {
+            anyhow::bail!(
+                "the server died during the workload ({status}); its log:\n{}",
+                tail(&self.log)
+            );
+        }
+        Ok(())
+    }
+}
+
+impl Drop for ChildServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A port nobody listens on right now (the kernel's pick for port 0).
+fn free_port() -> anyhow::Result<u16> {
+    let l = TcpListener::bind("127.0.0.1:0").context("cannot find a free port")?;
+    Ok(l.local_addr()?.port())
+}
+
+/// The last lines of a log file, for error messages.
+fn tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    let start = lines.len().saturating_sub(20);
+    let mut out = Vec::new();
+    for l in &lines[start..] {
+        let _ = writeln!(out, "  {l}");
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Milliseconds since the Unix epoch.
+fn unix_ms() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_kinds_never_show_the_url() {
+        assert_eq!(Target::Spawn { store: None }.store_kind(), "sqlite");
+        let pg = Target::Spawn {
+            store: Some("postgres://u:secret@h/db".into()),
+        };
+        assert_eq!(pg.store_kind(), "postgres");
+        assert_eq!(store_kind_of("sqlite:///tmp/x.db"), "sqlite");
+    }
+}

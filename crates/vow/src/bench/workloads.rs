@@ -1,0 +1,584 @@
+//! The workloads of `BENCH.md`, each driven through the real HTTP API with
+//! [`vow_client`]: W1 single enqueue, W2 batch enqueue, W3 drain (one lease + one
+//! complete per job, and batched lease + `POST /v1/acks`), W4 latency of an idle worker.
+//!
+//! A workload measures only its timed part (a [`Meter`] brackets it for CPU figures);
+//! set-up such as W3's pre-enqueue is outside. Counting the store is the caller's job
+//! ([`super::verify`]); here a workload checks what its client saw: every job handed out
+//! once, every ack accepted, and progress that does not stall (a lost job would make a
+//! drain wait forever, so no progress for [`STALL`] fails the run instead).
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use indicatif::ProgressBar;
+use serde_json::{json, Value};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use vow_client::{Client, Outcome, Worker};
+use vow_core::api::{
+    AckComplete, AckRequest, BatchEnqueueRequest, CompleteRequest, EnqueueRequest, LeaseRequest,
+};
+use vow_core::{JobId, QueueName};
+
+use super::measure::{self, CpuWindow, Pid};
+
+/// No job finished for this long: the run is stuck (lost jobs), not slow.
+pub const STALL: Duration = Duration::from_secs(30);
+/// W2's batch size (BENCH.md).
+pub const W2_BATCH: u64 = 100;
+/// Batch size of W3's untimed pre-enqueue (the API's maximum).
+const PRELOAD_BATCH: u64 = 1000;
+/// Worker concurrency of W3 and W4 (BENCH.md).
+pub const CONCURRENCY: u32 = 16;
+/// Most completions in one `POST /v1/acks` (the API's batch limit).
+const ACK_BATCH: usize = 1000;
+/// W4's producer rate (BENCH.md): one enqueue every 5 ms.
+const W4_INTERVAL: Duration = Duration::from_millis(5);
+/// Long-poll wait of the leases of W3 and W4.
+const LEASE_WAIT_MS: u64 = 5_000;
+
+/// The `pad` of every payload: 58 × `x`, so a payload is about 100 bytes.
+const PAD: &str = "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx";
+
+/// Wall-clock milliseconds since the Unix epoch, with a fraction.
+pub fn now_ms() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64() * 1000.0)
+        .unwrap_or(0.0)
+}
+
+/// BENCH.md's payload: `{"i": n, "t": <epoch ms float>, "pad": "x"*58}`, `t` taken now.
+pub fn payload(i: u64) -> Value {
+    json!({"i": i, "t": now_ms(), "pad": PAD})
+}
+
+/// CPU of the server and of the bench over a workload's timed part.
+#[derive(Debug, Default)]
+pub struct Meter {
+    server_pid: Option<u32>,
+    windows: Option<(Option<CpuWindow>, Option<CpuWindow>)>,
+    /// Server CPU % of one core over the timed part, when the server's pid is known.
+    pub server_cpu: Option<f64>,
+    /// The bench's own CPU % of one core over the timed part.
+    pub client_cpu: Option<f64>,
+}
+
+impl Meter {
+    /// A meter for a server with `server_pid`, if known.
+    pub fn new(server_pid: Option<u32>) -> Self {
+        Self {
+            server_pid,
+            ..Self::default()
+        }
+    }
+
+    /// The timed part begins.
+    fn start(&mut self) {
+        self.windows = Some((
+            CpuWindow::start(self.server_pid.map(Pid::Other)),
+            CpuWindow::start(Some(Pid::Current)),
+        ));
+    }
+
+    /// The timed part ends.
+    fn stop(&mut self) {
+        if let Some((server, client)) = self.windows.take() {
+            self.server_cpu = server.and_then(|w| w.percent());
+            self.client_cpu = client.and_then(|w| w.percent());
+        }
+    }
+}
+
+/// What a workload measured.
+#[derive(Debug, Default)]
+pub struct Measured {
+    /// Wall time of the timed part.
+    pub elapsed: Duration,
+    /// Jobs the timed part handled (enqueued or completed).
+    pub jobs: u64,
+    /// W4: handler start − enqueue start, per job, in ms.
+    pub latency_ms: Vec<f64>,
+    /// Duration of each enqueue request (W1, W2 per batch, W4), in ms.
+    pub request_ms: Vec<f64>,
+    /// Jobs handed to a handler more than once.
+    pub duplicates: u64,
+    /// Lease requests made in the timed part (W3, W4).
+    pub leases: u64,
+    /// Ack requests (W3 batched) or completes (W3 per job, W4).
+    pub acks: u64,
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// W1: `n` single enqueues, one at a time.
+pub async fn w1_single_enqueue(
+    client: &Client,
+    queue: &str,
+    n: u64,
+    pb: &ProgressBar,
+    meter: &mut Meter,
+) -> anyhow::Result<Measured> {
+    let mut request_ms = Vec::with_capacity(n as usize);
+    meter.start();
+    let t0 = Instant::now();
+    for i in 0..n {
+        let started = Instant::now();
+        client
+            .enqueue(queue, &EnqueueRequest::new(payload(i)))
+            .await
+            .with_context(|| format!("enqueue of job {i}"))?;
+        request_ms.push(ms(started.elapsed()));
+        pb.inc(1);
+    }
+    let elapsed = t0.elapsed();
+    meter.stop();
+    Ok(Measured {
+        elapsed,
+        jobs: n,
+        request_ms,
+        ..Measured::default()
+    })
+}
+
+/// Enqueues jobs `from..to` in one batch request.
+async fn enqueue_batch(client: &Client, queue: &str, from: u64, to: u64) -> anyhow::Result<()> {
+    let batch = BatchEnqueueRequest {
+        jobs: (from..to)
+            .map(|i| EnqueueRequest::new(payload(i)))
+            .collect(),
+    };
+    let items = client
+        .enqueue_batch(queue, &batch)
+        .await
+        .with_context(|| format!("batch enqueue of jobs {from}..{to}"))?;
+    anyhow::ensure!(
+        items.len() as u64 == to - from,
+        "a batch of {} jobs came back with {} items",
+        to - from,
+        items.len()
+    );
+    Ok(())
+}
+
+/// W2: `n` jobs in sequential batches of [`W2_BATCH`].
+pub async fn w2_batch_enqueue(
+    client: &Client,
+    queue: &str,
+    n: u64,
+    pb: &ProgressBar,
+    meter: &mut Meter,
+) -> anyhow::Result<Measured> {
+    let mut request_ms = Vec::with_capacity((n / W2_BATCH + 1) as usize);
+    meter.start();
+    let t0 = Instant::now();
+    let mut from = 0;
+    while from < n {
+        let to = (from + W2_BATCH).min(n);
+        let started = Instant::now();
+        enqueue_batch(client, queue, from, to).await?;
+        request_ms.push(ms(started.elapsed()));
+        pb.inc(to - from);
+        from = to;
+    }
+    let elapsed = t0.elapsed();
+    meter.stop();
+    Ok(Measured {
+        elapsed,
+        jobs: n,
+        request_ms,
+        ..Measured::default()
+    })
+}
+
+/// W3's untimed set-up: `n` jobs in batches of 1000.
+pub async fn preload(client: &Client, queue: &str, n: u64, pb: &ProgressBar) -> anyhow::Result<()> {
+    let mut from = 0;
+    while from < n {
+        let to = (from + PRELOAD_BATCH).min(n);
+        enqueue_batch(client, queue, from, to).await?;
+        pb.inc(to - from);
+        from = to;
+    }
+    Ok(())
+}
+
+/// Shared state of the tasks of a drain or latency run: how many jobs are done, which
+/// were seen, and the signal that all are.
+struct Progress {
+    n: u64,
+    done: AtomicU64,
+    duplicates: AtomicU64,
+    leases: AtomicU64,
+    acks: AtomicU64,
+    seen: Mutex<HashSet<JobId>>,
+    finished: CancellationToken,
+    pb: ProgressBar,
+}
+
+impl Progress {
+    fn new(n: u64, pb: &ProgressBar) -> Arc<Self> {
+        Arc::new(Self {
+            n,
+            done: AtomicU64::new(0),
+            duplicates: AtomicU64::new(0),
+            leases: AtomicU64::new(0),
+            acks: AtomicU64::new(0),
+            seen: Mutex::new(HashSet::with_capacity(n as usize)),
+            finished: CancellationToken::new(),
+            pb: pb.clone(),
+        })
+    }
+
+    /// A handler got job `id`; a second time counts as a duplicate.
+    fn handled(&self, id: &JobId) {
+        let fresh = self
+            .seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id.clone());
+        if !fresh {
+            self.duplicates.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// `k` more jobs are done; the last one signals `finished`.
+    fn completed(&self, k: u64) {
+        let done = self.done.fetch_add(k, Ordering::AcqRel) + k;
+        self.pb.inc(k);
+        if done >= self.n {
+            self.finished.cancel();
+        }
+    }
+
+    fn done(&self) -> u64 {
+        self.done.load(Ordering::Acquire)
+    }
+
+    /// Waits until all jobs are done, a task fails, or nothing moves for [`STALL`]; then
+    /// stops and joins all tasks.
+    async fn wait(&self, tasks: &mut JoinSet<anyhow::Result<()>>) -> anyhow::Result<()> {
+        let outcome = self.wait_inner(tasks).await;
+        self.finished.cancel();
+        while let Some(joined) = tasks.join_next().await {
+            joined.context("a bench task panicked")??;
+        }
+        outcome
+    }
+
+    async fn wait_inner(&self, tasks: &mut JoinSet<anyhow::Result<()>>) -> anyhow::Result<()> {
+        let mut last = (self.done(), Instant::now());
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            tokio::select! {
+                biased;
+                _ = self.finished.cancelled() => return Ok(()),
+                joined = tasks.join_next() => match joined {
+                    Some(Ok(Ok(()))) => {}
+                    Some(Ok(Err(e))) => return Err(e),
+                    Some(Err(e)) => return Err(anyhow::Error::new(e).context("a bench task panicked")),
+                    None if self.done() >= self.n => return Ok(()),
+                    None => anyhow::bail!(
+                        "all bench tasks stopped with {} of {} jobs done",
+                        self.done(),
+                        self.n
+                    ),
+                },
+                _ = tick.tick() => {
+                    let done = self.done();
+                    if done != last.0 {
+                        last = (done, Instant::now());
+                    } else if last.1.elapsed() > STALL {
+                        anyhow::bail!(
+                            "stalled: {done} of {} jobs done and none for {} s (lost jobs?)",
+                            self.n,
+                            STALL.as_secs()
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn lease_request(worker_id: &str, max_jobs: u32) -> LeaseRequest {
+    LeaseRequest {
+        worker_id: worker_id.to_owned(),
+        max_jobs: Some(max_jobs),
+        wait_ms: Some(LEASE_WAIT_MS),
+        lease_ms: None,
+    }
+}
+
+/// W3 (a): [`CONCURRENCY`] slots, each leasing one job at a time (`max_jobs: 1`) and
+/// completing it with its own `POST /v1/jobs/{id}/complete`.
+pub async fn w3_drain_per_job(
+    client: &Client,
+    queue: &str,
+    n: u64,
+    pb: &ProgressBar,
+    meter: &mut Meter,
+) -> anyhow::Result<Measured> {
+    let p = Progress::new(n, pb);
+    let mut tasks = JoinSet::new();
+    meter.start();
+    let t0 = Instant::now();
+    for slot in 0..CONCURRENCY {
+        let (p, client, queue) = (p.clone(), client.clone(), queue.to_owned());
+        tasks.spawn(async move {
+            let req = lease_request(&format!("vow-bench/w3a-{slot}"), 1);
+            loop {
+                let resp = tokio::select! {
+                    biased;
+                    _ = p.finished.cancelled() => return Ok(()),
+                    r = client.lease(&queue, &req) => r.context("lease")?,
+                };
+                p.leases.fetch_add(1, Ordering::Relaxed);
+                for job in resp.jobs {
+                    p.handled(&job.id);
+                    let done = CompleteRequest {
+                        lease_id: job.lease_id,
+                        result: None,
+                    };
+                    client
+                        .complete(&job.id, &done)
+                        .await
+                        .with_context(|| format!("complete of {}", job.id))?;
+                    p.acks.fetch_add(1, Ordering::Relaxed);
+                    p.completed(1);
+                }
+            }
+        });
+    }
+    p.wait(&mut tasks).await?;
+    let elapsed = t0.elapsed();
+    meter.stop();
+    Ok(Measured {
+        elapsed,
+        jobs: p.done(),
+        duplicates: p.duplicates.load(Ordering::Relaxed),
+        leases: p.leases.load(Ordering::Relaxed),
+        acks: p.acks.load(Ordering::Relaxed),
+        ..Measured::default()
+    })
+}
+
+/// W3 (b): one lease loop asking for as many jobs as it has free slots (of
+/// [`CONCURRENCY`]; the no-op handlers free them at once, so every lease asks for 16),
+/// and one acker sending the completions with `POST /v1/acks`: whatever has piled up
+/// while the previous ack was in flight, up to 1000 per request.
+pub async fn w3_drain_batched(
+    client: &Client,
+    queue: &str,
+    n: u64,
+    pb: &ProgressBar,
+    meter: &mut Meter,
+) -> anyhow::Result<Measured> {
+    let p = Progress::new(n, pb);
+    let mut tasks = JoinSet::new();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<AckComplete>();
+    meter.start();
+    let t0 = Instant::now();
+    {
+        let (p, client, queue) = (p.clone(), client.clone(), queue.to_owned());
+        tasks.spawn(async move {
+            let req = lease_request("vow-bench/w3b", CONCURRENCY);
+            loop {
+                let resp = tokio::select! {
+                    biased;
+                    _ = p.finished.cancelled() => return Ok(()),
+                    r = client.lease(&queue, &req) => r.context("lease")?,
+                };
+                p.leases.fetch_add(1, Ordering::Relaxed);
+                anyhow::ensure!(
+                    resp.jobs.len() <= CONCURRENCY as usize,
+                    "asked for {CONCURRENCY} jobs, got {}",
+                    resp.jobs.len()
+                );
+                for job in resp.jobs {
+                    p.handled(&job.id);
+                    // The handler is a no-op; its slot is free again at once.
+                    let _ = tx.send(AckComplete {
+                        id: job.id,
+                        lease_id: job.lease_id,
+                        result: None,
+                    });
+                }
+            }
+        });
+    }
+    {
+        let (p, client) = (p.clone(), client.clone());
+        tasks.spawn(async move {
+            while let Some(first) = rx.recv().await {
+                let mut complete = vec![first];
+                while complete.len() < ACK_BATCH {
+                    match rx.try_recv() {
+                        Ok(item) => complete.push(item),
+                        Err(_) => break,
+                    }
+                }
+                let sent = complete.len();
+                let resp = client
+                    .ack(&AckRequest {
+                        complete,
+                        fail: Vec::new(),
+                    })
+                    .await
+                    .context("ack")?;
+                p.acks.fetch_add(1, Ordering::Relaxed);
+                anyhow::ensure!(
+                    resp.complete.len() == sent,
+                    "an ack of {sent} completions came back with {} results",
+                    resp.complete.len()
+                );
+                if let Some(bad) = resp.complete.iter().find(|r| !r.ok) {
+                    anyhow::bail!(
+                        "the server refused the completion of {}: {}",
+                        bad.id,
+                        bad.code.as_deref().unwrap_or("no code")
+                    );
+                }
+                p.completed(sent as u64);
+            }
+            Ok(())
+        });
+    }
+    p.wait(&mut tasks).await?;
+    let elapsed = t0.elapsed();
+    meter.stop();
+    Ok(Measured {
+        elapsed,
+        jobs: p.done(),
+        duplicates: p.duplicates.load(Ordering::Relaxed),
+        leases: p.leases.load(Ordering::Relaxed),
+        acks: p.acks.load(Ordering::Relaxed),
+        ..Measured::default()
+    })
+}
+
+/// W4: the `vow-client` [`Worker`] (concurrency [`CONCURRENCY`], long-poll leases) idles
+/// on the queue; a producer enqueues `n` jobs at 200 jobs/s, open loop (each enqueue its
+/// own task, started on schedule whether or not the previous one has answered).
+/// Latency = handler start − the payload's `t` (taken when the enqueue started).
+pub async fn w4_latency(
+    client: &Client,
+    queue: &str,
+    n: u64,
+    pb: &ProgressBar,
+    meter: &mut Meter,
+) -> anyhow::Result<Measured> {
+    let p = Progress::new(n, pb);
+    let latency = Arc::new(Mutex::new(Vec::with_capacity(n as usize)));
+    let queue_name: QueueName = queue
+        .parse()
+        .map_err(|e| anyhow::anyhow!("bad queue name {queue}: {e}"))?;
+    let worker = {
+        let (p, latency) = (p.clone(), latency.clone());
+        Worker::new(client.clone())
+            .worker_id("vow-bench/w4")
+            .poll_wait(Duration::from_millis(LEASE_WAIT_MS))
+            .shutdown_grace(Duration::from_secs(10))
+            .handle(queue_name, CONCURRENCY as usize, move |ctx| {
+                let (p, latency) = (p.clone(), latency.clone());
+                async move {
+                    let start = now_ms();
+                    let job = ctx.job();
+                    if let Some(t) = job.payload.get("t").and_then(Value::as_f64) {
+                        latency
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .push(start - t);
+                    }
+                    p.handled(&job.id);
+                    p.completed(1);
+                    Outcome::Complete(None)
+                }
+            })
+    };
+    let worker = tokio::spawn(worker.run(p.finished.clone()));
+    // Let the worker reach its long-poll: the producer should meet an idle worker.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let request_ms = Arc::new(Mutex::new(Vec::with_capacity(n as usize)));
+    let mut tasks: JoinSet<anyhow::Result<()>> = JoinSet::new();
+    meter.start();
+    let t0 = tokio::time::Instant::now();
+    let mut producers = JoinSet::new();
+    for i in 0..n {
+        tokio::time::sleep_until(t0 + W4_INTERVAL * i as u32).await;
+        let (client, queue, request_ms) = (client.clone(), queue.to_owned(), request_ms.clone());
+        producers.spawn(async move {
+            let started = Instant::now();
+            client
+                .enqueue(&queue, &EnqueueRequest::new(payload(i)))
+                .await
+                .with_context(|| format!("enqueue of job {i}"))?;
+            request_ms
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(ms(started.elapsed()));
+            anyhow::Ok(())
+        });
+        // Surface producer errors early instead of after all n are sent.
+        while let Some(joined) = producers.try_join_next() {
+            joined.context("an enqueue task panicked")??;
+        }
+    }
+    let finished = p.finished.clone();
+    tasks.spawn(async move {
+        while let Some(joined) = producers.join_next().await {
+            joined.context("an enqueue task panicked")??;
+        }
+        // Stay in the set until the end: an empty set means something stopped early.
+        finished.cancelled().await;
+        Ok(())
+    });
+    let waited = p.wait(&mut tasks).await;
+    let stopped = worker.await.context("the W4 worker panicked")?;
+    let elapsed = t0.elapsed();
+    meter.stop();
+    waited?;
+    stopped.context("the W4 worker failed")?;
+    let latency_ms = std::mem::take(&mut *latency.lock().unwrap_or_else(|e| e.into_inner()));
+    anyhow::ensure!(
+        latency_ms.len() as u64 == p.done(),
+        "{} of {} jobs had no readable `t` in their payload",
+        p.done() - latency_ms.len() as u64,
+        p.done()
+    );
+    let request_ms = std::mem::take(&mut *request_ms.lock().unwrap_or_else(|e| e.into_inner()));
+    Ok(Measured {
+        elapsed,
+        jobs: p.done(),
+        latency_ms,
+        request_ms,
+        duplicates: p.duplicates.load(Ordering::Relaxed),
+        ..Measured::default()
+    })
+}
+
+/// Peak RSS of the server so far, when its pid is known.
+pub fn server_peak_rss(server_pid: Option<u32>) -> Option<u64> {
+    measure::peak_rss_bytes(Pid::Other(server_pid?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payload_is_about_100_bytes_as_bench_md_says() {
+        assert_eq!(PAD.len(), 58);
+        let p = payload(12_345);
+        let len = serde_json::to_string(&p).unwrap().len();
+        assert!((90..=110).contains(&len), "{len} bytes: {p}");
+        assert!(p["t"].as_f64().unwrap() > 1.7e12);
+    }
+}
