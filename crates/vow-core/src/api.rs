@@ -162,15 +162,7 @@ impl EnqueueRequest {
             ));
         }
         if let Some(url) = &self.callback_url {
-            let ok = (url.starts_with("https://") || url.starts_with("http://"))
-                && url.len() <= 2048
-                && !url.chars().any(|c| c.is_whitespace() || c.is_control());
-            if !ok {
-                return Err(ValidationError::invalid(
-                    "callback_url",
-                    "must be an http(s) URL of at most 2048 characters",
-                ));
-            }
+            validate_notice_url("callback_url", url)?;
         }
         let tags = self.tags.unwrap_or_default();
         if tags.len() > 20 || tags.iter().any(|t| t.is_empty() || t.len() > 64) {
@@ -728,6 +720,182 @@ pub struct KeyCreated {
     pub record: KeyView,
     /// The plaintext key; store it now, it is not shown again.
     pub key: String,
+}
+
+/// The events a completion notice can be about; also its body's `type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+pub enum WebhookEvent {
+    /// The job completed.
+    #[serde(rename = "job.completed")]
+    JobCompleted,
+    /// The job is dead: out of attempts, or failed for good.
+    #[serde(rename = "job.dead")]
+    JobDead,
+    /// The job was cancelled.
+    #[serde(rename = "job.cancelled")]
+    JobCancelled,
+    /// An attempt failed and the job will be retried (subscriptions only).
+    #[serde(rename = "job.retrying")]
+    JobRetrying,
+}
+
+/// `POST /v1/webhooks` body: a tenant-wide subscription to completion notices.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookCreate {
+    /// Where notices are POSTed (http or https).
+    pub url: String,
+    /// Which notices; at least one.
+    pub events: Vec<WebhookEvent>,
+    /// Only jobs of these queues; `null` or absent: every queue.
+    #[serde(default)]
+    pub queues: Option<Vec<QueueName>>,
+}
+
+impl WebhookCreate {
+    /// Checks the URL, the event list and the queue filter.
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        validate_notice_url("url", &self.url)?;
+        if self.events.is_empty() {
+            return Err(ValidationError::invalid(
+                "events",
+                "name at least one event",
+            ));
+        }
+        if self
+            .queues
+            .as_ref()
+            .is_some_and(|q| q.is_empty() || q.len() > 100)
+        {
+            return Err(ValidationError::invalid(
+                "queues",
+                "1 to 100 queue names, or null for every queue",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Checks a notice target: http(s), a host, no credentials, at most 2048 characters.
+pub fn validate_notice_url(field: &'static str, url: &str) -> Result<(), ValidationError> {
+    if url.len() > 2048 || url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(ValidationError::invalid(
+            field,
+            "must be an http(s) URL of at most 2048 characters",
+        ));
+    }
+    crate::notice::endpoint_of(url)
+        .map(drop)
+        .map_err(|reason| ValidationError::invalid(field, reason))
+}
+
+/// A webhook subscription.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct WebhookView {
+    /// Subscription id.
+    pub id: crate::WebhookId,
+    /// Target URL.
+    pub url: String,
+    /// Notices it receives.
+    pub events: Vec<WebhookEvent>,
+    /// Queue filter; `null`: every queue.
+    pub queues: Option<Vec<QueueName>>,
+    /// Creation time.
+    pub created_at: Timestamp,
+    /// Until when the previous secret still signs deliveries (after a rotation).
+    pub previous_secret_valid_until: Option<Timestamp>,
+    /// The signing secret (`whsec_…`): only in the answer to a create or a rotation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+}
+
+/// `POST /v1/callback-secret` answer: the tenant's secret for per-job `callback_url`
+/// notices, shown once.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct CallbackSecretView {
+    /// The new signing secret (`whsec_…`).
+    pub secret: String,
+    /// Until when the previous secret (if any) still signs deliveries.
+    pub previous_secret_valid_until: Option<Timestamp>,
+}
+
+/// Where a delivery stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum DeliveryState {
+    /// Not acknowledged yet: being sent or waiting for its next attempt.
+    Pending,
+    /// The receiver answered 2xx.
+    Delivered,
+    /// The retry schedule ran out (or the target is refused); replay to send it again.
+    Dead,
+}
+
+impl DeliveryState {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryState::Pending => "pending",
+            DeliveryState::Delivered => "delivered",
+            DeliveryState::Dead => "dead",
+        }
+    }
+
+    /// Parses a wire name.
+    pub fn parse(s: &str) -> Option<Self> {
+        [Self::Pending, Self::Delivered, Self::Dead]
+            .into_iter()
+            .find(|v| v.as_str() == s)
+    }
+}
+
+/// One completion notice to one URL, and how its sending went.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct DeliveryView {
+    /// Delivery id, sent as `webhook-id` (the same on every retry).
+    pub id: crate::DeliveryId,
+    /// The job the notice is about.
+    pub job_id: JobId,
+    /// The subscription it is for; `null` for the job's own `callback_url`.
+    pub webhook_id: Option<crate::WebhookId>,
+    /// Notice type.
+    pub event: WebhookEvent,
+    /// Target URL.
+    pub url: String,
+    /// Where it stands.
+    pub state: DeliveryState,
+    /// Attempts made so far.
+    pub attempts: u32,
+    /// Next attempt, while pending.
+    pub next_attempt_at: Option<Timestamp>,
+    /// HTTP status of the last attempt (`null`: no answer).
+    pub last_status: Option<u16>,
+    /// Why the last attempt failed.
+    pub last_error: Option<String>,
+    /// When the notice was produced (the job's transition).
+    pub created_at: Timestamp,
+    /// When the receiver acknowledged it.
+    pub delivered_at: Option<Timestamp>,
+    /// The attempts, oldest first (only on `GET /v1/deliveries/{id}`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log: Option<Vec<DeliveryAttemptView>>,
+}
+
+/// One attempt at a delivery.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct DeliveryAttemptView {
+    /// 1-based attempt number.
+    pub attempt: u32,
+    /// When it was made.
+    pub at: Timestamp,
+    /// HTTP status (`null`: no answer, see `error`).
+    pub status: Option<u16>,
+    /// Time to the answer or the failure.
+    pub latency_ms: u64,
+    /// Why it failed (connect error, timeout, refused address, non-2xx).
+    pub error: Option<String>,
+    /// The start of the response body.
+    pub response: Option<String>,
 }
 
 #[cfg(test)]

@@ -100,6 +100,15 @@ typed_id!(
     /// Identifies one lease of one job; fences complete/fail/heartbeat.
     LeaseId, "lease_"
 );
+typed_id!(
+    /// Identifies a tenant's webhook subscription.
+    WebhookId, "wh_"
+);
+typed_id!(
+    /// Identifies one completion notice to one URL; sent as its `webhook-id`, the same
+    /// on every retry so receivers can drop duplicates.
+    DeliveryId, "msg_"
+);
 
 #[cfg(test)]
 mod tests {

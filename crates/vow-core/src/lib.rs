@@ -13,12 +13,13 @@ pub mod job;
 pub mod limits;
 pub mod machine;
 pub mod names;
+pub mod notice;
 pub mod retry;
 pub mod time;
 pub mod webhook;
 
 pub use error::ValidationError;
-pub use ids::{JobId, KeyId, LeaseId, TenantId};
+pub use ids::{DeliveryId, JobId, KeyId, LeaseId, TenantId, WebhookId};
 pub use job::{Backoff, ErrorInfo, Job, JobState};
 pub use names::{GroupKey, QueueName, TenantName};
 pub use time::{Clock, ManualClock, SystemClock, Timestamp};

@@ -35,8 +35,12 @@ use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use serde::{Deserialize, Serialize};
 use tokio_postgres::NoTls;
-use vow_core::api::{JobEventView, Page, QueueView, TenantView};
-use vow_core::{Job, JobId, KeyId, QueueName, TenantId, TenantName, Timestamp};
+use vow_core::api::{
+    CallbackSecretView, DeliveryView, JobEventView, Page, QueueView, TenantView, WebhookView,
+};
+use vow_core::{
+    DeliveryId, Job, JobId, KeyId, QueueName, TenantId, TenantName, Timestamp, WebhookId,
+};
 use vow_store::*;
 
 pub use schema::MIGRATIONS;
@@ -501,4 +505,61 @@ impl Store for PgStore {
         self.with(|c| async move { tenants::tenant_list(&c).await })
             .await
     }
+
+    // Completion notices: not implemented on PostgreSQL yet.
+    async fn callback_secret_rotate(&self, _p: &SecretRotate) -> StoreResult<CallbackSecretView> {
+        Err(not_yet())
+    }
+    async fn delivery_claim(&self, _p: &DeliveryClaim) -> StoreResult<Vec<DeliveryTask>> {
+        Err(not_yet())
+    }
+    async fn delivery_get(
+        &self,
+        _tenant_id: &TenantId,
+        _id: &DeliveryId,
+    ) -> StoreResult<Option<DeliveryView>> {
+        Err(not_yet())
+    }
+    async fn delivery_list(&self, _p: &DeliveryList) -> StoreResult<Page<DeliveryView>> {
+        Err(not_yet())
+    }
+    async fn delivery_record(&self, _p: &DeliveryOutcome) -> StoreResult<()> {
+        Err(not_yet())
+    }
+    async fn delivery_retry(
+        &self,
+        _tenant_id: &TenantId,
+        _id: &DeliveryId,
+        _now: Timestamp,
+    ) -> StoreResult<DeliveryView> {
+        Err(not_yet())
+    }
+    async fn webhook_delete(
+        &self,
+        _tenant_id: &TenantId,
+        _id: &WebhookId,
+        _now: Timestamp,
+    ) -> StoreResult<()> {
+        Err(not_yet())
+    }
+    async fn webhook_get(
+        &self,
+        _tenant_id: &TenantId,
+        _id: &WebhookId,
+    ) -> StoreResult<Option<WebhookView>> {
+        Err(not_yet())
+    }
+    async fn webhook_insert(&self, _p: &WebhookInsert) -> StoreResult<WebhookView> {
+        Err(not_yet())
+    }
+    async fn webhook_list(&self, _tenant_id: &TenantId) -> StoreResult<Vec<WebhookView>> {
+        Err(not_yet())
+    }
+    async fn webhook_secret_rotate(&self, _p: &SecretRotate) -> StoreResult<WebhookView> {
+        Err(not_yet())
+    }
+}
+
+fn not_yet() -> StoreError {
+    StoreError::Unavailable("completion notices are not implemented on PostgreSQL yet".into())
 }

@@ -12,7 +12,10 @@
 use tokio_postgres::Client;
 
 /// `(version, sql)` in order.
-pub const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../migrations/0001_init.sql"))];
+pub const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("../migrations/0001_init.sql")),
+    (2, include_str!("../migrations/0002_webhooks.sql")),
+];
 
 /// Key of the advisory lock that serialises migrations across nodes ("vow-migr").
 const MIGRATION_LOCK: i64 = 0x766f_772d_6d69_6772;

@@ -14,6 +14,7 @@
 pub mod cases;
 pub mod fixtures;
 pub mod leader;
+pub mod notices;
 
 /// Expands to one `#[tokio::test]` per conformance case, each on a fresh store from `$make`.
 #[macro_export]
@@ -37,6 +38,17 @@ macro_rules! suite {
         );
         $crate::suite!(@module leader; $make;
             leader_lease_is_exclusive_and_expires,
+        );
+
+    };
+    (@notices $make:path) => {
+        $crate::suite!(@module notices; $make;
+            outbox_rows_come_with_transitions,
+            claim_hold_and_record,
+            breaker_skips_open_endpoints_and_probes,
+            subscriptions_and_secrets,
+            callback_secret_rotation,
+            delivery_pages,
         );
     };
     (@module $module:ident; $make:path; $($case:ident),* $(,)?) => {

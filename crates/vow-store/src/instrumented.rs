@@ -8,8 +8,12 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use async_trait::async_trait;
-use vow_core::api::{JobEventView, Page, QueueView, TenantView};
-use vow_core::{Job, JobId, JobState, KeyId, QueueName, TenantId, TenantName, Timestamp};
+use vow_core::api::{
+    CallbackSecretView, DeliveryView, JobEventView, Page, QueueView, TenantView, WebhookView,
+};
+use vow_core::{
+    DeliveryId, Job, JobId, JobState, KeyId, QueueName, TenantId, TenantName, Timestamp, WebhookId,
+};
 
 use crate::*;
 
@@ -91,6 +95,52 @@ impl Store for Instrumented {
     }
     async fn api_key_revoke(&self, id: &KeyId, now: Timestamp) -> StoreResult<ApiKeyRecord> {
         timed("api_key_revoke", self.inner.api_key_revoke(id, now)).await
+    }
+
+    async fn callback_secret_rotate(&self, p: &SecretRotate) -> StoreResult<CallbackSecretView> {
+        timed(
+            "callback_secret_rotate",
+            self.inner.callback_secret_rotate(p),
+        )
+        .await
+    }
+
+    async fn delivery_claim(&self, p: &DeliveryClaim) -> StoreResult<Vec<DeliveryTask>> {
+        timed("delivery_claim", self.inner.delivery_claim(p)).await
+    }
+    async fn delivery_get(
+        &self,
+        tenant_id: &TenantId,
+        id: &DeliveryId,
+    ) -> StoreResult<Option<DeliveryView>> {
+        timed("delivery_get", self.inner.delivery_get(tenant_id, id)).await
+    }
+    async fn delivery_list(&self, p: &DeliveryList) -> StoreResult<Page<DeliveryView>> {
+        timed("delivery_list", self.inner.delivery_list(p)).await
+    }
+    async fn delivery_record(&self, p: &DeliveryOutcome) -> StoreResult<()> {
+        let r = timed("delivery_record", self.inner.delivery_record(p)).await;
+        if r.is_ok() {
+            let outcome = match p.next {
+                DeliveryNext::Delivered => "delivered",
+                DeliveryNext::RetryAt(_) => "failed",
+                DeliveryNext::Dead => "dead",
+            };
+            metrics::counter!("vow_delivery_attempts_total", "outcome" => outcome).increment(1);
+        }
+        r
+    }
+    async fn delivery_retry(
+        &self,
+        tenant_id: &TenantId,
+        id: &DeliveryId,
+        now: Timestamp,
+    ) -> StoreResult<DeliveryView> {
+        timed(
+            "delivery_retry",
+            self.inner.delivery_retry(tenant_id, id, now),
+        )
+        .await
     }
 
     async fn job_ack_many(&self, p: JobAckMany) -> StoreResult<Vec<StoreResult<Job>>> {
@@ -201,5 +251,34 @@ impl Store for Instrumented {
     }
     async fn tenant_list(&self) -> StoreResult<Vec<TenantView>> {
         timed("tenant_list", self.inner.tenant_list()).await
+    }
+
+    async fn webhook_delete(
+        &self,
+        tenant_id: &TenantId,
+        id: &WebhookId,
+        now: Timestamp,
+    ) -> StoreResult<()> {
+        timed(
+            "webhook_delete",
+            self.inner.webhook_delete(tenant_id, id, now),
+        )
+        .await
+    }
+    async fn webhook_get(
+        &self,
+        tenant_id: &TenantId,
+        id: &WebhookId,
+    ) -> StoreResult<Option<WebhookView>> {
+        timed("webhook_get", self.inner.webhook_get(tenant_id, id)).await
+    }
+    async fn webhook_insert(&self, p: &WebhookInsert) -> StoreResult<WebhookView> {
+        timed("webhook_insert", self.inner.webhook_insert(p)).await
+    }
+    async fn webhook_list(&self, tenant_id: &TenantId) -> StoreResult<Vec<WebhookView>> {
+        timed("webhook_list", self.inner.webhook_list(tenant_id)).await
+    }
+    async fn webhook_secret_rotate(&self, p: &SecretRotate) -> StoreResult<WebhookView> {
+        timed("webhook_secret_rotate", self.inner.webhook_secret_rotate(p)).await
     }
 }

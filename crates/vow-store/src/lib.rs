@@ -17,8 +17,12 @@ pub use instrumented::Instrumented;
 pub use params::*;
 
 use async_trait::async_trait;
-use vow_core::api::{JobEventView, Page, QueueView, TenantView};
-use vow_core::{Job, JobId, KeyId, QueueName, TenantId, TenantName, Timestamp};
+use vow_core::api::{
+    CallbackSecretView, DeliveryView, JobEventView, Page, QueueView, TenantView, WebhookView,
+};
+use vow_core::{
+    DeliveryId, Job, JobId, KeyId, QueueName, TenantId, TenantName, Timestamp, WebhookId,
+};
 
 /// Result of a store call.
 pub type StoreResult<T> = Result<T, StoreError>;
@@ -40,6 +44,33 @@ pub trait Store: Send + Sync + 'static {
     async fn api_key_list(&self, tenant_id: Option<&TenantId>) -> StoreResult<Vec<ApiKeyRecord>>;
     /// Revokes a key; `NotFound` when there is no such key.
     async fn api_key_revoke(&self, id: &KeyId, now: Timestamp) -> StoreResult<ApiKeyRecord>;
+
+    /// Sets a tenant's secret for `callback_url` notices (creating it, or rotating it with
+    /// the previous one valid for `p.grace_ms`).
+    async fn callback_secret_rotate(&self, p: &SecretRotate) -> StoreResult<CallbackSecretView>;
+
+    /// Claims due pending deliveries (all tenants), oldest due first, holding each for
+    /// `p.hold_ms`. Endpoints whose breaker is open are skipped; a half-open one yields
+    /// one delivery (its probe) and is held shut while the probe runs. A tenant without
+    /// a callback secret gets one here.
+    async fn delivery_claim(&self, p: &DeliveryClaim) -> StoreResult<Vec<DeliveryTask>>;
+    /// One delivery of a tenant, with its attempt log.
+    async fn delivery_get(
+        &self,
+        tenant_id: &TenantId,
+        id: &DeliveryId,
+    ) -> StoreResult<Option<DeliveryView>>;
+    /// A tenant's deliveries, newest first, by subscription and/or job.
+    async fn delivery_list(&self, p: &DeliveryList) -> StoreResult<Page<DeliveryView>>;
+    /// Records an attempt, moves the delivery on and updates its endpoint's health.
+    async fn delivery_record(&self, p: &DeliveryOutcome) -> StoreResult<()>;
+    /// Sends a delivery again (replay): pending, due now, with a fresh retry schedule.
+    async fn delivery_retry(
+        &self,
+        tenant_id: &TenantId,
+        id: &DeliveryId,
+        now: Timestamp,
+    ) -> StoreResult<DeliveryView>;
 
     /// Records completions and failures in one transaction; one outcome per item, in order.
     /// A stale lease is `Err(LeaseLost)` for that item only.
@@ -115,4 +146,24 @@ pub trait Store: Send + Sync + 'static {
     async fn tenant_insert(&self, p: &TenantInsert) -> StoreResult<TenantView>;
     /// All tenants, by name.
     async fn tenant_list(&self) -> StoreResult<Vec<TenantView>>;
+
+    /// Removes a subscription; its pending deliveries become dead.
+    async fn webhook_delete(
+        &self,
+        tenant_id: &TenantId,
+        id: &WebhookId,
+        now: Timestamp,
+    ) -> StoreResult<()>;
+    /// One subscription of a tenant (without its secret).
+    async fn webhook_get(
+        &self,
+        tenant_id: &TenantId,
+        id: &WebhookId,
+    ) -> StoreResult<Option<WebhookView>>;
+    /// Creates a subscription; the answer carries its secret.
+    async fn webhook_insert(&self, p: &WebhookInsert) -> StoreResult<WebhookView>;
+    /// A tenant's subscriptions, oldest first (without secrets).
+    async fn webhook_list(&self, tenant_id: &TenantId) -> StoreResult<Vec<WebhookView>>;
+    /// Rotates a subscription's secret; the answer carries the new one.
+    async fn webhook_secret_rotate(&self, p: &SecretRotate) -> StoreResult<WebhookView>;
 }

@@ -1,11 +1,13 @@
 //! Parameter and result structs of [`crate::Store`] methods, one per method.
 
 use serde_json::Value;
-use vow_core::api::QueuePatch;
+use vow_core::api::{QueuePatch, WebhookEvent};
 use vow_core::auth::Role;
 use vow_core::job::NewJob;
+use vow_core::notice::Breaker;
 use vow_core::{
-    GroupKey, Job, JobId, JobState, KeyId, LeaseId, QueueName, TenantId, TenantName, Timestamp,
+    DeliveryId, GroupKey, Job, JobId, JobState, KeyId, LeaseId, QueueName, TenantId, TenantName,
+    Timestamp, WebhookId,
 };
 
 /// A stored API key (hash only).
@@ -279,4 +281,129 @@ pub struct TenantInsert {
     pub max_pending: Option<u64>,
     /// Creation time.
     pub now: Timestamp,
+}
+
+/// [`crate::Store::webhook_insert`].
+#[derive(Debug, Clone)]
+pub struct WebhookInsert {
+    /// Tenant.
+    pub tenant_id: TenantId,
+    /// New subscription's id.
+    pub id: WebhookId,
+    /// Target URL (validated).
+    pub url: String,
+    /// Notices it receives.
+    pub events: Vec<WebhookEvent>,
+    /// Queue filter; `None`: every queue.
+    pub queues: Option<Vec<QueueName>>,
+    /// Signing secret.
+    pub secret: String,
+    /// Creation time.
+    pub now: Timestamp,
+}
+
+/// [`crate::Store::webhook_secret_rotate`] and [`crate::Store::callback_secret_rotate`].
+#[derive(Debug, Clone)]
+pub struct SecretRotate {
+    /// Tenant.
+    pub tenant_id: TenantId,
+    /// The subscription (ignored for the callback secret).
+    pub webhook_id: Option<WebhookId>,
+    /// The new secret.
+    pub secret: String,
+    /// Time of the rotation.
+    pub now: Timestamp,
+    /// How long the previous secret keeps signing deliveries.
+    pub grace_ms: u64,
+}
+
+/// [`crate::Store::delivery_claim`].
+#[derive(Debug, Clone)]
+pub struct DeliveryClaim {
+    /// Deliveries due at or before this time are claimed.
+    pub now: Timestamp,
+    /// Most deliveries claimed at once.
+    pub limit: usize,
+    /// How long a claimed delivery is held (not claimed again) while it is being sent;
+    /// if its sender dies, it is sent again (same id) after this.
+    pub hold_ms: u64,
+    /// Decides which endpoints may be sent to (open: none; half-open: one probe).
+    pub breaker: Breaker,
+}
+
+/// A claimed delivery, with what is needed to send it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeliveryTask {
+    /// Delivery id (`webhook-id`).
+    pub id: DeliveryId,
+    /// Tenant.
+    pub tenant_id: TenantId,
+    /// The job the notice is about.
+    pub job_id: JobId,
+    /// The subscription; `None` for the job's `callback_url`.
+    pub webhook_id: Option<WebhookId>,
+    /// Notice type.
+    pub event: WebhookEvent,
+    /// Target URL.
+    pub url: String,
+    /// The target's endpoint (origin), for the breaker and the concurrency cap.
+    pub endpoint: String,
+    /// The exact body to send.
+    pub body: String,
+    /// Attempts made before this one (the fence for [`DeliveryOutcome`]).
+    pub attempts: u32,
+    /// Attempts made in the current round (since creation or the last replay).
+    pub round_attempts: u32,
+    /// Secrets to sign with: the current one, and the previous one during a rotation.
+    pub secrets: Vec<String>,
+}
+
+/// What happens to a delivery after an attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeliveryNext {
+    /// Acknowledged (2xx).
+    Delivered,
+    /// Failed; try again at this time.
+    RetryAt(Timestamp),
+    /// Failed for good (schedule spent, or the target is refused).
+    Dead,
+}
+
+/// [`crate::Store::delivery_record`]: the outcome of one attempt.
+#[derive(Debug, Clone)]
+pub struct DeliveryOutcome {
+    /// Delivery.
+    pub id: DeliveryId,
+    /// `attempts` of the claimed task; if the delivery moved on since (claimed again
+    /// after its hold ran out), the attempt is logged but the state is left alone.
+    pub attempts_before: u32,
+    /// When the attempt was made.
+    pub at: Timestamp,
+    /// HTTP status, if the receiver answered.
+    pub status: Option<u16>,
+    /// Time to the answer or the failure.
+    pub latency_ms: u64,
+    /// Why it failed.
+    pub error: Option<String>,
+    /// The start of the response body.
+    pub response: Option<String>,
+    /// What happens next.
+    pub next: DeliveryNext,
+    /// Updates the endpoint's health: a success closes its breaker, a failure counts.
+    pub breaker: Breaker,
+}
+
+/// [`crate::Store::delivery_list`].
+#[derive(Debug, Clone)]
+pub struct DeliveryList {
+    /// Tenant.
+    pub tenant_id: TenantId,
+    /// Only deliveries of this subscription.
+    pub webhook_id: Option<WebhookId>,
+    /// Only deliveries about this job.
+    pub job_id: Option<JobId>,
+    /// Page size.
+    pub limit: usize,
+    /// Only deliveries with ids below this (the previous page's last id).
+    pub before: Option<DeliveryId>,
 }

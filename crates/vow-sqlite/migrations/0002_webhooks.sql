@@ -1,0 +1,70 @@
+-- vow embedded store, schema 2: completion notices (webhooks).
+-- Expand only: new tables, nothing existing changes.
+
+-- Tenant-wide subscriptions.
+CREATE TABLE webhooks (
+    id                  TEXT PRIMARY KEY,
+    tenant_id           TEXT NOT NULL,
+    url                 TEXT NOT NULL,
+    events              TEXT NOT NULL,  -- JSON array of notice types
+    queues              TEXT,           -- JSON array of queue names; NULL: every queue
+    secret              TEXT NOT NULL,
+    previous_secret     TEXT,
+    previous_expires_at INTEGER,
+    created_at          INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX webhooks_tenant ON webhooks (tenant_id, created_at);
+
+-- Per-tenant secret signing per-job callback_url notices.
+CREATE TABLE callback_secrets (
+    tenant_id           TEXT PRIMARY KEY,
+    secret              TEXT NOT NULL,
+    previous_secret     TEXT,
+    previous_expires_at INTEGER,
+    updated_at          INTEGER NOT NULL
+) WITHOUT ROWID;
+
+-- The outbox: one row per notice per target, written in the job's transition.
+CREATE TABLE deliveries (
+    id              TEXT PRIMARY KEY,  -- webhook-id, time-sortable
+    tenant_id       TEXT NOT NULL,
+    job_id          TEXT NOT NULL,
+    webhook_id      TEXT,              -- NULL: the job's callback_url
+    event           TEXT NOT NULL,
+    url             TEXT NOT NULL,
+    endpoint        TEXT NOT NULL,     -- origin of url: breaker and concurrency cap
+    body            TEXT NOT NULL,
+    state           TEXT NOT NULL,     -- pending | delivered | dead
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    round_start     INTEGER NOT NULL DEFAULT 0,  -- attempts when the current round began
+    next_attempt_at INTEGER,
+    last_status     INTEGER,
+    last_error      TEXT,
+    created_at      INTEGER NOT NULL,
+    delivered_at    INTEGER
+);
+CREATE INDEX deliveries_due ON deliveries (next_attempt_at) WHERE state = 'pending';
+CREATE INDEX deliveries_job ON deliveries (tenant_id, job_id, id);
+CREATE INDEX deliveries_webhook ON deliveries (webhook_id, id) WHERE webhook_id IS NOT NULL;
+CREATE INDEX deliveries_tenant ON deliveries (tenant_id, id);
+
+-- The delivery log.
+CREATE TABLE delivery_attempts (
+    delivery_id TEXT NOT NULL,
+    attempt     INTEGER NOT NULL,
+    at          INTEGER NOT NULL,
+    status      INTEGER,
+    latency_ms  INTEGER NOT NULL,
+    error       TEXT,
+    response    TEXT,
+    PRIMARY KEY (delivery_id, attempt)
+) WITHOUT ROWID;
+
+-- Health of each receiver, per tenant (one tenant's failures never hold back another's).
+CREATE TABLE endpoints (
+    tenant_id  TEXT NOT NULL,
+    endpoint   TEXT NOT NULL,
+    failures   INTEGER NOT NULL DEFAULT 0,
+    open_until INTEGER,
+    PRIMARY KEY (tenant_id, endpoint)
+) WITHOUT ROWID;
