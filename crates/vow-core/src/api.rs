@@ -360,6 +360,16 @@ pub struct JobListQuery {
     pub cursor: Option<String>,
 }
 
+/// Query of a plain paginated list (`limit`, `cursor`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct PageQuery {
+    /// Page size, at most 500 (default 50).
+    pub limit: Option<usize>,
+    /// Cursor from the previous page.
+    pub cursor: Option<String>,
+}
+
 /// One entry of a job's event log.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct JobEventView {

@@ -35,6 +35,8 @@ pub enum Action {
     Work,
     /// Change queue settings.
     ManageQueues,
+    /// Manage webhook subscriptions and notice signing secrets.
+    ManageWebhooks,
     /// Create and list tenants and keys.
     ManageTenants,
 }

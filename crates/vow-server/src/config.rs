@@ -1,10 +1,12 @@
 //! Server configuration: flags and `VOW_*` variables for the common settings, a TOML
 //! file for everything (see `docs/vow.example.toml`).
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use vow_core::egress::EgressPolicy;
 use vow_core::limits::Limits;
+use vow_core::notice::{Breaker, RetrySchedule};
 
 /// Everything `vow serve` can be told.
 #[derive(Debug, Clone, Deserialize)]
@@ -25,6 +27,50 @@ pub struct ServerConfig {
     /// Plaintext root key to accept instead of (or besides) the stored one.
     #[serde(skip)]
     pub root_key: Option<String>,
+    /// Address ranges completion notices may reach although they are loopback, private,
+    /// link-local or metadata addresses (the SSRF guard refuses those otherwise), as
+    /// CIDRs, e.g. `["10.1.0.0/16"]`. Env: `VOW_WEBHOOK_ALLOW_CIDRS` (comma-separated).
+    pub webhook_allow_cidrs: Vec<String>,
+    /// Delivery of completion notices.
+    pub webhooks: WebhookSettings,
+}
+
+/// How completion notices are delivered.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebhookSettings {
+    /// Longest wait for a receiver's answer (connect included).
+    pub timeout_ms: u64,
+    /// Delays after the 1st, 2nd, … failed attempt; past the last the delivery is dead.
+    pub retry_schedule_ms: RetrySchedule,
+    /// Circuit breaker per endpoint.
+    pub breaker: Breaker,
+    /// Most deliveries in flight at once (on the node running the dispatcher).
+    pub max_in_flight: usize,
+    /// Most deliveries in flight to one endpoint (a tenant's receiver origin).
+    pub max_in_flight_per_endpoint: usize,
+    /// How long a rotated secret keeps signing deliveries beside the new one.
+    pub secret_grace_ms: u64,
+}
+
+impl Default for WebhookSettings {
+    fn default() -> Self {
+        Self {
+            timeout_ms: 10_000,
+            retry_schedule_ms: RetrySchedule::default(),
+            breaker: Breaker::default(),
+            max_in_flight: 64,
+            max_in_flight_per_endpoint: 8,
+            secret_grace_ms: 86_400_000,
+        }
+    }
+}
+
+impl ServerConfig {
+    /// The SSRF guard for outbound notices, from `webhook_allow_cidrs`.
+    pub fn egress_policy(&self) -> Result<EgressPolicy, vow_core::ValidationError> {
+        self.webhook_allow_cidrs.join(",").parse()
+    }
 }
 
 impl Default for ServerConfig {
@@ -36,6 +82,8 @@ impl Default for ServerConfig {
             limits: Limits::default(),
             shutdown_grace_ms: 30_000,
             root_key: None,
+            webhook_allow_cidrs: Vec::new(),
+            webhooks: WebhookSettings::default(),
         }
     }
 }
@@ -65,15 +113,30 @@ mod tests {
                 d.shutdown_grace_ms
             )
         );
-        // Every limit is spelled out (none left to its serde default).
+        assert_eq!(
+            (&parsed.webhook_allow_cidrs, &parsed.webhooks),
+            (&d.webhook_allow_cidrs, &d.webhooks)
+        );
+        // Every setting of each table is spelled out (none left to its serde default).
         let table: toml::Table = toml::from_str(text).unwrap();
-        let limits = table["limits"].as_table().unwrap();
-        let want = serde_json::to_value(Limits::default()).unwrap();
-        for key in want.as_object().unwrap().keys() {
-            assert!(
-                limits.contains_key(key),
-                "docs/vow.example.toml lacks limits.{key}"
-            );
-        }
+        let spelled = |path: &str, want: serde_json::Value| {
+            let mut t = &table;
+            for part in path.split('.') {
+                t = t[part].as_table().unwrap();
+            }
+            for key in want.as_object().unwrap().keys() {
+                assert!(
+                    t.contains_key(key),
+                    "docs/vow.example.toml lacks {path}.{key}"
+                );
+            }
+        };
+        spelled("limits", serde_json::to_value(Limits::default()).unwrap());
+        spelled("webhooks", serde_json::to_value(&d.webhooks).unwrap());
+        spelled(
+            "webhooks.breaker",
+            serde_json::to_value(d.webhooks.breaker).unwrap(),
+        );
+        assert!(table.contains_key("webhook_allow_cidrs"));
     }
 }

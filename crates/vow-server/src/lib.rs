@@ -12,6 +12,7 @@ pub mod error;
 pub mod extract;
 pub mod metrics;
 pub mod openapi;
+pub mod outbound;
 pub mod resources;
 pub mod service;
 
@@ -30,6 +31,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use vow_core::auth::hash_key;
+use vow_core::egress::EgressPolicy;
 use vow_core::limits::Limits;
 use vow_core::{Clock, SystemClock};
 use vow_store::Store;
@@ -38,7 +40,7 @@ pub use bootstrap::Bootstrapped;
 pub use config::ServerConfig;
 
 use crate::error::ApiError;
-use crate::resources::{events, jobs, ops, queues, tenants, worker};
+use crate::resources::{events, jobs, ops, queues, tenants, webhooks, worker};
 
 /// Shared state of a running server; cheap to clone.
 #[derive(Clone)]
@@ -58,6 +60,10 @@ pub struct AppInner {
     pub root_key_hash: Option<String>,
     /// Cancelled when the server begins shutting down.
     pub shutdown: CancellationToken,
+    /// How completion notices are delivered.
+    pub webhooks: config::WebhookSettings,
+    /// Sends completion notices (with the SSRF guard).
+    pub outbound: outbound::Outbound,
 }
 
 impl Deref for App {
@@ -125,7 +131,28 @@ impl App {
             keys: auth::KeyCache::default(),
             root_key_hash: root_key.map(hash_key),
             shutdown: CancellationToken::new(),
+            webhooks: config::WebhookSettings::default(),
+            outbound: outbound::Outbound::new(
+                EgressPolicy::default(),
+                Duration::from_millis(config::WebhookSettings::default().timeout_ms),
+            )
+            .expect("an HTTP client with default settings builds"),
         }))
+    }
+
+    /// This state with notices delivered per `settings`, to addresses `policy` permits.
+    /// Call before [`App::spawn`] (the state must not be shared yet).
+    pub fn with_webhooks(
+        mut self,
+        settings: config::WebhookSettings,
+        policy: EgressPolicy,
+    ) -> anyhow::Result<Self> {
+        let outbound = outbound::Outbound::new(policy, Duration::from_millis(settings.timeout_ms))?;
+        let inner = Arc::get_mut(&mut self.0)
+            .context("with_webhooks must be called before the state is shared")?;
+        inner.webhooks = settings;
+        inner.outbound = outbound;
+        Ok(self)
     }
 
     /// The HTTP routes.
@@ -153,6 +180,20 @@ impl App {
                 post(tenants::key_create).get(tenants::key_list),
             )
             .route("/v1/keys/{key_id}", delete(tenants::key_revoke))
+            .route("/v1/webhooks", post(webhooks::create).get(webhooks::list))
+            .route(
+                "/v1/webhooks/{id}",
+                get(webhooks::get).delete(webhooks::delete),
+            )
+            .route(
+                "/v1/webhooks/{id}/rotate-secret",
+                post(webhooks::rotate_secret),
+            )
+            .route("/v1/webhooks/{id}/deliveries", get(webhooks::deliveries))
+            .route("/v1/jobs/{id}/deliveries", get(webhooks::job_deliveries))
+            .route("/v1/deliveries/{id}", get(webhooks::delivery_get))
+            .route("/v1/deliveries/{id}/retry", post(webhooks::delivery_retry))
+            .route("/v1/callback-secret", post(webhooks::callback_secret))
             .route("/healthz", get(ops::healthz))
             .route("/readyz", get(ops::readyz))
             .route("/openapi.json", get(ops::openapi))
@@ -176,6 +217,7 @@ impl App {
         let chores = vec![
             tokio::spawn(chores::Promoter::run(self.clone())),
             tokio::spawn(chores::Reaper::run(self.clone())),
+            tokio::spawn(chores::Dispatcher::run(self.clone())),
         ];
         let token = self.shutdown.clone();
         let router = self.router();
@@ -243,7 +285,13 @@ pub async fn serve(config: ServerConfig) -> anyhow::Result<()> {
         Arc::new(SystemClock),
         config.limits.clone(),
         config.root_key.as_deref(),
-    );
+    )
+    .with_webhooks(
+        config.webhooks.clone(),
+        config
+            .egress_policy()
+            .context("invalid webhook_allow_cidrs")?,
+    )?;
     let boot = bootstrap::bootstrap(&app, &config.data_dir, config.root_key.is_some()).await?;
     for f in &boot.files {
         tracing::info!(file = %f.display(), "first start: wrote a key (mode 0600); it is shown only there");

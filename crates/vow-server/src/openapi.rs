@@ -4,7 +4,7 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::resources::{events, jobs, ops, queues, tenants, worker};
+use crate::resources::{events, jobs, ops, queues, tenants, webhooks, worker};
 
 struct BearerAuth;
 
@@ -28,9 +28,12 @@ impl Modify for BearerAuth {
         events::stream,
         queues::list, queues::get, queues::patch,
         tenants::create, tenants::list, tenants::key_create, tenants::key_list, tenants::key_revoke,
+        webhooks::create, webhooks::list, webhooks::get, webhooks::delete,
+        webhooks::rotate_secret, webhooks::deliveries, webhooks::job_deliveries,
+        webhooks::delivery_get, webhooks::delivery_retry, webhooks::callback_secret,
         ops::healthz, ops::readyz,
     ),
-    components(schemas(vow_core::api::Problem)),
+    components(schemas(vow_core::api::Problem, vow_core::notice::NoticeBody)),
     modifiers(&BearerAuth),
 )]
 struct ApiDoc;

@@ -7,6 +7,7 @@ use rusqlite::{params, params_from_iter, Connection, OptionalExtension};
 use serde_json::json;
 use vow_core::api::{JobEventView, Page};
 use vow_core::machine::{apply, EventKind, Op, Refusal};
+use vow_core::notice::NoticeType;
 use vow_core::retry::jitter;
 use vow_core::{Job, JobId, JobState, LeaseId, TenantId, Timestamp};
 use vow_store::*;
@@ -73,6 +74,9 @@ fn record(
         _ => None,
     };
     let event = event_insert(c, job, kind, from, detail, now).map_err(internal)?;
+    if let Some(notice) = NoticeType::of(kind, job.state) {
+        crate::notices::outbox(c, job, notice, now)?;
+    }
     match job.state {
         JobState::Available => fx.wake.push((job.tenant_id.clone(), job.queue.clone())),
         JobState::Scheduled => fx.nudge_chores = true,

@@ -10,6 +10,7 @@
 //! them proceed beside the writer.
 
 mod jobs;
+mod notices;
 mod rows;
 mod schema;
 mod tenants;
@@ -424,62 +425,73 @@ impl Store for SqliteStore {
         self.read(tenants::tenant_list).await
     }
 
-    // Completion notices: not implemented on SQLite yet.
-    async fn callback_secret_rotate(&self, _p: &SecretRotate) -> StoreResult<CallbackSecretView> {
-        Err(not_yet())
+    async fn callback_secret_rotate(&self, p: &SecretRotate) -> StoreResult<CallbackSecretView> {
+        let p = p.clone();
+        self.write(move |c, _| notices::callback_secret_rotate(c, &p))
+            .await
     }
-    async fn delivery_claim(&self, _p: &DeliveryClaim) -> StoreResult<Vec<DeliveryTask>> {
-        Err(not_yet())
+    async fn delivery_claim(&self, p: &DeliveryClaim) -> StoreResult<Vec<DeliveryTask>> {
+        let p = p.clone();
+        self.write(move |c, _| notices::delivery_claim(c, &p)).await
     }
     async fn delivery_get(
         &self,
-        _tenant_id: &TenantId,
-        _id: &DeliveryId,
+        tenant_id: &TenantId,
+        id: &DeliveryId,
     ) -> StoreResult<Option<DeliveryView>> {
-        Err(not_yet())
+        let (t, id) = (tenant_id.clone(), id.clone());
+        self.read(move |c| notices::delivery_get(c, &t, &id)).await
     }
-    async fn delivery_list(&self, _p: &DeliveryList) -> StoreResult<Page<DeliveryView>> {
-        Err(not_yet())
+    async fn delivery_list(&self, p: &DeliveryList) -> StoreResult<Page<DeliveryView>> {
+        let p = p.clone();
+        self.read(move |c| notices::delivery_list(c, &p)).await
     }
-    async fn delivery_record(&self, _p: &DeliveryOutcome) -> StoreResult<()> {
-        Err(not_yet())
+    async fn delivery_record(&self, p: &DeliveryOutcome) -> StoreResult<()> {
+        let p = p.clone();
+        self.write(move |c, _| notices::delivery_record(c, &p))
+            .await
     }
     async fn delivery_retry(
         &self,
-        _tenant_id: &TenantId,
-        _id: &DeliveryId,
-        _now: Timestamp,
+        tenant_id: &TenantId,
+        id: &DeliveryId,
+        now: Timestamp,
     ) -> StoreResult<DeliveryView> {
-        Err(not_yet())
+        let (t, id) = (tenant_id.clone(), id.clone());
+        self.write(move |c, _| notices::delivery_retry(c, &t, &id, now))
+            .await
     }
     async fn webhook_delete(
         &self,
-        _tenant_id: &TenantId,
-        _id: &WebhookId,
-        _now: Timestamp,
+        tenant_id: &TenantId,
+        id: &WebhookId,
+        now: Timestamp,
     ) -> StoreResult<()> {
-        Err(not_yet())
+        let (t, id) = (tenant_id.clone(), id.clone());
+        self.write(move |c, _| notices::webhook_delete(c, &t, &id, now))
+            .await
     }
     async fn webhook_get(
         &self,
-        _tenant_id: &TenantId,
-        _id: &WebhookId,
+        tenant_id: &TenantId,
+        id: &WebhookId,
     ) -> StoreResult<Option<WebhookView>> {
-        Err(not_yet())
+        let (t, id) = (tenant_id.clone(), id.clone());
+        self.read(move |c| notices::webhook_get(c, &t, &id)).await
     }
-    async fn webhook_insert(&self, _p: &WebhookInsert) -> StoreResult<WebhookView> {
-        Err(not_yet())
+    async fn webhook_insert(&self, p: &WebhookInsert) -> StoreResult<WebhookView> {
+        let p = p.clone();
+        self.write(move |c, _| notices::webhook_insert(c, &p)).await
     }
-    async fn webhook_list(&self, _tenant_id: &TenantId) -> StoreResult<Vec<WebhookView>> {
-        Err(not_yet())
+    async fn webhook_list(&self, tenant_id: &TenantId) -> StoreResult<Vec<WebhookView>> {
+        let t = tenant_id.clone();
+        self.read(move |c| notices::webhook_list(c, &t)).await
     }
-    async fn webhook_secret_rotate(&self, _p: &SecretRotate) -> StoreResult<WebhookView> {
-        Err(not_yet())
+    async fn webhook_secret_rotate(&self, p: &SecretRotate) -> StoreResult<WebhookView> {
+        let p = p.clone();
+        self.write(move |c, _| notices::webhook_secret_rotate(c, &p))
+            .await
     }
-}
-
-fn not_yet() -> StoreError {
-    StoreError::Unavailable("completion notices are not implemented on SQLite yet".into())
 }
 
 #[cfg(test)]

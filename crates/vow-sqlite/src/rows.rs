@@ -17,7 +17,7 @@ fn conv<E: std::error::Error + Send + Sync + 'static>(i: usize, e: E) -> rusqlit
     rusqlite::Error::FromSqlConversionFailure(i, Type::Text, Box::new(e))
 }
 
-fn parsed<T: std::str::FromStr>(row: &Row<'_>, i: usize) -> rusqlite::Result<T>
+pub(crate) fn parsed<T: std::str::FromStr>(row: &Row<'_>, i: usize) -> rusqlite::Result<T>
 where
     T::Err: std::error::Error + Send + Sync + 'static,
 {
@@ -25,7 +25,10 @@ where
     s.parse().map_err(|e| conv(i, e))
 }
 
-fn parsed_opt<T: std::str::FromStr>(row: &Row<'_>, i: usize) -> rusqlite::Result<Option<T>>
+pub(crate) fn parsed_opt<T: std::str::FromStr>(
+    row: &Row<'_>,
+    i: usize,
+) -> rusqlite::Result<Option<T>>
 where
     T::Err: std::error::Error + Send + Sync + 'static,
 {
@@ -33,12 +36,12 @@ where
     s.map(|s| s.parse().map_err(|e| conv(i, e))).transpose()
 }
 
-fn json<T: serde::de::DeserializeOwned>(row: &Row<'_>, i: usize) -> rusqlite::Result<T> {
+pub(crate) fn json<T: serde::de::DeserializeOwned>(row: &Row<'_>, i: usize) -> rusqlite::Result<T> {
     let s: String = row.get(i)?;
     serde_json::from_str(&s).map_err(|e| conv(i, e))
 }
 
-fn json_opt<T: serde::de::DeserializeOwned>(
+pub(crate) fn json_opt<T: serde::de::DeserializeOwned>(
     row: &Row<'_>,
     i: usize,
 ) -> rusqlite::Result<Option<T>> {
@@ -47,7 +50,7 @@ fn json_opt<T: serde::de::DeserializeOwned>(
         .transpose()
 }
 
-fn ts_opt(row: &Row<'_>, i: usize) -> rusqlite::Result<Option<Timestamp>> {
+pub(crate) fn ts_opt(row: &Row<'_>, i: usize) -> rusqlite::Result<Option<Timestamp>> {
     Ok(row.get::<_, Option<i64>>(i)?.map(Timestamp))
 }
 

@@ -49,6 +49,7 @@ macro_rules! suite {
             subscriptions_and_secrets,
             callback_secret_rotation,
             delivery_pages,
+            per_endpoint_cap,
         );
     };
     (@module $module:ident; $make:path; $($case:ident),* $(,)?) => {

@@ -46,6 +46,8 @@ async fn claim(store: &DynStore, now: Timestamp) -> Vec<DeliveryTask> {
             limit: 100,
             hold_ms: HOLD_MS,
             breaker: Breaker::default(),
+            per_endpoint: 1_000,
+            in_flight: Default::default(),
         })
         .await
         .unwrap()
@@ -158,7 +160,7 @@ pub async fn outbox_rows_come_with_transitions(store: DynStore) {
     .await;
 
     // Nothing is due before a job ends.
-    let pending = insert_one(&store, &a, "q", T0).await;
+    let pending = insert_one(&store, &a, "idle", T0).await;
     assert!(job_deliveries(&store, &a, &pending.id).await.is_empty());
 
     // Completed in q, with a callback_url: the callback and the catch-all subscription.
@@ -393,6 +395,7 @@ pub async fn claim_hold_and_record(store: DynStore) {
     assert_eq!(due.len(), 1);
     assert_eq!(due[0].job_id, j2);
     assert_eq!((due[0].attempts, due[0].round_attempts), (1, 1));
+    record(&store, &due[0], retry_at, DeliveryNext::Delivered).await;
 
     // A late outcome of the first j3 send (after the re-claim) is logged, and the
     // delivery follows whichever outcome is recorded for the current claim.
@@ -749,4 +752,59 @@ pub async fn delivery_pages(store: DynStore) {
     }
     jobs.reverse();
     assert_eq!(seen, jobs, "newest first, every one once");
+}
+
+/// The concurrency cap: a claim takes at most `per_endpoint` deliveries of one endpoint,
+/// fewer by those the claimer still has in flight; other endpoints are not held back.
+pub async fn per_endpoint_cap(store: DynStore) {
+    let t = tenant(&store, "t").await;
+    for i in 0..5 {
+        run_to_completion(
+            &store,
+            &t,
+            "q",
+            json!({ "payload": i, "callback_url": format!("https://busy.example/{i}") }),
+            T0,
+        )
+        .await;
+    }
+    run_to_completion(
+        &store,
+        &t,
+        "q",
+        json!({ "payload": 9, "callback_url": "https://calm.example/" }),
+        T0,
+    )
+    .await;
+    let claim_capped = |in_flight: usize, now: Timestamp| {
+        let store = store.clone();
+        let t = t.clone();
+        async move {
+            let mut busy = std::collections::HashMap::new();
+            if in_flight > 0 {
+                busy.insert((t, "https://busy.example".to_owned()), in_flight);
+            }
+            store
+                .delivery_claim(&DeliveryClaim {
+                    now,
+                    limit: 100,
+                    hold_ms: HOLD_MS,
+                    breaker: Breaker::default(),
+                    per_endpoint: 2,
+                    in_flight: busy,
+                })
+                .await
+                .unwrap()
+        }
+    };
+    let first = claim_capped(0, T0).await;
+    let busy = first
+        .iter()
+        .filter(|d| d.endpoint == "https://busy.example")
+        .count();
+    assert_eq!((first.len(), busy), (3, 2), "{first:?}");
+    let second = claim_capped(1, T0).await;
+    assert_eq!(second.len(), 1, "one slot left: {second:?}");
+    assert_eq!(second[0].endpoint, "https://busy.example");
+    assert!(claim_capped(2, T0).await.is_empty(), "saturated");
 }

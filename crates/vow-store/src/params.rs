@@ -1,5 +1,7 @@
 //! Parameter and result structs of [`crate::Store`] methods, one per method.
 
+use std::collections::HashMap;
+
 use serde_json::Value;
 use vow_core::api::{QueuePatch, WebhookEvent};
 use vow_core::auth::Role;
@@ -329,6 +331,11 @@ pub struct DeliveryClaim {
     pub hold_ms: u64,
     /// Decides which endpoints may be sent to (open: none; half-open: one probe).
     pub breaker: Breaker,
+    /// Most deliveries in flight per endpoint (tenant and origin): the concurrency cap.
+    pub per_endpoint: usize,
+    /// The claimer's deliveries still in flight, per (tenant, endpoint): they count
+    /// against `per_endpoint`, so a saturated endpoint yields nothing.
+    pub in_flight: HashMap<(TenantId, String), usize>,
 }
 
 /// A claimed delivery, with what is needed to send it.

@@ -118,6 +118,11 @@ pub struct ServeArgs {
     /// a flag shows up in the process list.
     #[arg(long, env = "VOW_ROOT_KEY", hide_env_values = true)]
     pub root_key: Option<String>,
+
+    /// Address ranges (CIDRs, comma-separated) completion notices may reach although
+    /// they are loopback, private or link-local, e.g. `10.1.0.0/16` [default: none].
+    #[arg(long, env = "VOW_WEBHOOK_ALLOW_CIDRS", value_delimiter = ',')]
+    pub webhook_allow_cidrs: Option<Vec<String>>,
 }
 
 /// `vow enqueue` arguments.

@@ -76,6 +76,15 @@ pub fn server_config(
     if let Some(key) = &args.root_key {
         cfg.root_key = Some(key.clone());
     }
+    if let Some(cidrs) = &args.webhook_allow_cidrs {
+        cfg.webhook_allow_cidrs = cidrs
+            .iter()
+            .filter(|c| !c.trim().is_empty())
+            .cloned()
+            .collect();
+    }
+    cfg.egress_policy()
+        .context("invalid webhook_allow_cidrs (VOW_WEBHOOK_ALLOW_CIDRS)")?;
     Ok(cfg)
 }
 
@@ -104,6 +113,7 @@ mod tests {
             store: store.map(str::to_owned),
             config: None,
             root_key: None,
+            webhook_allow_cidrs: None,
         }
     }
 
@@ -168,6 +178,25 @@ mod tests {
 
         let cfg = server_config(None, &args(None, None), None).unwrap();
         assert_eq!(cfg.listen, ServerConfig::default().listen);
+    }
+
+    #[test]
+    fn webhook_allow_cidrs_come_from_the_file_or_the_flag_and_are_checked() {
+        let path = Path::new("vow.toml");
+        let text = "webhook_allow_cidrs = [\"10.0.0.0/8\"]\n";
+        let cfg = server_config(Some((path, text)), &args(None, None), None).unwrap();
+        assert_eq!(cfg.webhook_allow_cidrs, vec!["10.0.0.0/8".to_owned()]);
+        let mut a = args(None, None);
+        a.webhook_allow_cidrs = Some(vec!["127.0.0.1/32".into(), "::1".into()]);
+        let cfg = server_config(Some((path, text)), &a, None).unwrap();
+        assert_eq!(cfg.webhook_allow_cidrs, vec!["127.0.0.1/32", "::1"]);
+        assert!(cfg
+            .egress_policy()
+            .unwrap()
+            .permits("127.0.0.1".parse().unwrap()));
+        a.webhook_allow_cidrs = Some(vec!["not-a-cidr".into()]);
+        let err = server_config(None, &a, None).unwrap_err();
+        assert!(format!("{err:#}").contains("not-a-cidr"), "{err:#}");
     }
 
     #[test]

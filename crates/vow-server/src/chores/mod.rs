@@ -3,10 +3,12 @@
 //! ([`leader`]): on PostgreSQL one node at a time runs each duty; on the embedded store
 //! this process is the only node and always holds it.
 
+mod dispatcher;
 mod leader;
 mod promoter;
 mod reaper;
 
+pub use dispatcher::Dispatcher;
 pub use promoter::Promoter;
 pub use reaper::Reaper;
 

@@ -6,4 +6,5 @@ pub mod jobs;
 pub mod ops;
 pub mod queues;
 pub mod tenants;
+pub mod webhooks;
 pub mod worker;

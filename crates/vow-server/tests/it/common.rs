@@ -22,14 +22,19 @@ pub struct TestApp {
 
 impl TestApp {
     pub async fn spawn() -> Self {
+        Self::spawn_with(|app| app).await
+    }
+
+    /// A server whose state `configure` adjusts before it starts.
+    pub async fn spawn_with(configure: impl FnOnce(App) -> App) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let store = vow_sqlite::SqliteStore::open(dir.path().join("vow.db")).unwrap();
-        let app = App::new(
+        let app = configure(App::new(
             Arc::new(store),
             Arc::new(SystemClock),
             Default::default(),
             None,
-        );
+        ));
         let boot = vow_server::bootstrap::bootstrap(&app, dir.path(), false)
             .await
             .unwrap();

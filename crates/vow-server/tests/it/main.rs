@@ -9,4 +9,6 @@ mod exclusivity;
 mod jobs;
 mod openapi;
 mod queues;
+mod receiver;
+mod webhooks;
 mod worker;
