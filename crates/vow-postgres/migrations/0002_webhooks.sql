@@ -46,7 +46,9 @@ CREATE TABLE deliveries (
     created_at      BIGINT NOT NULL,
     delivered_at    BIGINT
 ) WITH (fillfactor = 80);
-CREATE INDEX deliveries_due ON deliveries (next_attempt_at) WHERE state = 'pending';
+-- The claim's ORDER BY (next_attempt_at, id): a batch of notices shares one
+-- next_attempt_at, so `id` in the key lets `LIMIT n` stop after n entries.
+CREATE INDEX deliveries_due ON deliveries (next_attempt_at, id) WHERE state = 'pending';
 CREATE INDEX deliveries_job ON deliveries (tenant_id, job_id, id);
 CREATE INDEX deliveries_webhook ON deliveries (webhook_id, id) WHERE webhook_id IS NOT NULL;
 CREATE INDEX deliveries_tenant ON deliveries (tenant_id, id);

@@ -16,10 +16,12 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
 use vow_core::api::{JobEventView, Page};
 use vow_core::machine::{apply, EventKind, Op, Refusal};
+use vow_core::notice::NoticeType;
 use vow_core::retry::jitter;
 use vow_core::{Job, JobId, JobState, LeaseId, TenantId, Timestamp};
 use vow_store::*;
 
+use crate::notices::{outbox, Notice};
 use crate::rows::{
     event_from_row, job_cols, job_from_row, opt_json, to_json, EVENT_COLS, JOB_COLS,
 };
@@ -91,18 +93,29 @@ async fn record(
     let tos: Vec<&str> = pending.iter().map(|p| p.job.state.as_str()).collect();
     let attempts: Vec<i32> = pending.iter().map(|p| p.job.attempt as i32).collect();
     let texts: Vec<Option<String>> = details.iter().map(opt_json).collect();
-    let rows = query(
-        tx,
-        "INSERT INTO job_events (tenant_id, job_id, queue, kind, from_state, to_state, attempt, at, detail) \
-         SELECT t, j, q, k, f, s, a, $8::int8, d \
-         FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], \
-                     $7::int4[], $9::text[]) AS u(t, j, q, k, f, s, a, d) \
-         RETURNING seq",
-        &[
-            &tenants, &ids, &queues, &kinds, &froms, &tos, &attempts, &now.0, &texts,
-        ],
-    )
-    .await?;
+    // The outbox: notices due from these transitions, written in the same transaction.
+    // Its read of the subscriptions is pipelined with the events insert.
+    let notices: Vec<Notice<'_>> = pending
+        .iter()
+        .filter_map(|p| {
+            NoticeType::of(p.kind, p.job.state).map(|kind| Notice { kind, job: &p.job })
+        })
+        .collect();
+    let events = async {
+        query(
+            tx,
+            "INSERT INTO job_events (tenant_id, job_id, queue, kind, from_state, to_state, attempt, at, detail) \
+             SELECT t, j, q, k, f, s, a, $8::int8, d \
+             FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], \
+                         $7::int4[], $9::text[]) AS u(t, j, q, k, f, s, a, d) \
+             RETURNING seq",
+            &[
+                &tenants, &ids, &queues, &kinds, &froms, &tos, &attempts, &now.0, &texts,
+            ],
+        )
+        .await
+    };
+    let (rows, ()) = futures::try_join!(events, outbox(tx, &notices, now))?;
     // One sequence, consumed in row order within the statement: sorted seqs match rows.
     let mut seqs: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
     seqs.sort_unstable();

@@ -11,6 +11,10 @@
 //! - Wake-ups and job events are published on the local [`Bus`] after commit and sent to
 //!   the other nodes with `NOTIFY` inside the same transaction (delivered at commit); one
 //!   `LISTEN` connection per node feeds them into its bus ([`listener`]).
+//! - Completion notices (`notices.rs`): delivery rows (the outbox) are written in the
+//!   job transition's transaction; dispatchers on any node claim them with
+//!   `SKIP LOCKED`, hold them while sending, and share each endpoint's circuit breaker
+//!   through the `endpoints` table.
 //! - Connection loss, pool exhaustion and timeouts are [`StoreError::Unavailable`]; no
 //!   call waits longer than the pool wait plus the statement timeout.
 //!
@@ -21,6 +25,7 @@
 
 mod jobs;
 mod listener;
+mod notices;
 mod rows;
 mod schema;
 mod tenants;
@@ -506,60 +511,64 @@ impl Store for PgStore {
             .await
     }
 
-    // Completion notices: not implemented on PostgreSQL yet.
-    async fn callback_secret_rotate(&self, _p: &SecretRotate) -> StoreResult<CallbackSecretView> {
-        Err(not_yet())
+    async fn callback_secret_rotate(&self, p: &SecretRotate) -> StoreResult<CallbackSecretView> {
+        self.with(|c| async move { notices::callback_secret_rotate(&c, p).await })
+            .await
     }
-    async fn delivery_claim(&self, _p: &DeliveryClaim) -> StoreResult<Vec<DeliveryTask>> {
-        Err(not_yet())
+    async fn delivery_claim(&self, p: &DeliveryClaim) -> StoreResult<Vec<DeliveryTask>> {
+        write_tx!(self, |tx, _fx| notices::claim(tx, p).await)
     }
     async fn delivery_get(
         &self,
-        _tenant_id: &TenantId,
-        _id: &DeliveryId,
+        tenant_id: &TenantId,
+        id: &DeliveryId,
     ) -> StoreResult<Option<DeliveryView>> {
-        Err(not_yet())
+        self.with(|c| async move { notices::get_one(&c, tenant_id, id).await })
+            .await
     }
-    async fn delivery_list(&self, _p: &DeliveryList) -> StoreResult<Page<DeliveryView>> {
-        Err(not_yet())
+    async fn delivery_list(&self, p: &DeliveryList) -> StoreResult<Page<DeliveryView>> {
+        self.with(|c| async move { notices::list(&c, p).await })
+            .await
     }
-    async fn delivery_record(&self, _p: &DeliveryOutcome) -> StoreResult<()> {
-        Err(not_yet())
+    async fn delivery_record(&self, p: &DeliveryOutcome) -> StoreResult<()> {
+        write_tx!(self, |tx, _fx| notices::record(tx, p).await)
     }
     async fn delivery_retry(
         &self,
-        _tenant_id: &TenantId,
-        _id: &DeliveryId,
-        _now: Timestamp,
+        tenant_id: &TenantId,
+        id: &DeliveryId,
+        now: Timestamp,
     ) -> StoreResult<DeliveryView> {
-        Err(not_yet())
+        self.with(|c| async move { notices::retry(&c, tenant_id, id, now).await })
+            .await
     }
     async fn webhook_delete(
         &self,
-        _tenant_id: &TenantId,
-        _id: &WebhookId,
+        tenant_id: &TenantId,
+        id: &WebhookId,
         _now: Timestamp,
     ) -> StoreResult<()> {
-        Err(not_yet())
+        self.with(|c| async move { notices::webhook_delete(&c, tenant_id, id).await })
+            .await
     }
     async fn webhook_get(
         &self,
-        _tenant_id: &TenantId,
-        _id: &WebhookId,
+        tenant_id: &TenantId,
+        id: &WebhookId,
     ) -> StoreResult<Option<WebhookView>> {
-        Err(not_yet())
+        self.with(|c| async move { notices::webhook_get(&c, tenant_id, id).await })
+            .await
     }
-    async fn webhook_insert(&self, _p: &WebhookInsert) -> StoreResult<WebhookView> {
-        Err(not_yet())
+    async fn webhook_insert(&self, p: &WebhookInsert) -> StoreResult<WebhookView> {
+        self.with(|c| async move { notices::webhook_insert(&c, p).await })
+            .await
     }
-    async fn webhook_list(&self, _tenant_id: &TenantId) -> StoreResult<Vec<WebhookView>> {
-        Err(not_yet())
+    async fn webhook_list(&self, tenant_id: &TenantId) -> StoreResult<Vec<WebhookView>> {
+        self.with(|c| async move { notices::webhook_list(&c, tenant_id).await })
+            .await
     }
-    async fn webhook_secret_rotate(&self, _p: &SecretRotate) -> StoreResult<WebhookView> {
-        Err(not_yet())
+    async fn webhook_secret_rotate(&self, p: &SecretRotate) -> StoreResult<WebhookView> {
+        self.with(|c| async move { notices::webhook_secret_rotate(&c, p).await })
+            .await
     }
-}
-
-fn not_yet() -> StoreError {
-    StoreError::Unavailable("completion notices are not implemented on PostgreSQL yet".into())
 }

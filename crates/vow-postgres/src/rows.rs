@@ -24,7 +24,7 @@ pub(crate) fn job_cols(alias: &str) -> String {
         .join(", ")
 }
 
-fn parsed<T: std::str::FromStr>(row: &Row, i: usize) -> StoreResult<T>
+pub(crate) fn parsed<T: std::str::FromStr>(row: &Row, i: usize) -> StoreResult<T>
 where
     T::Err: std::fmt::Display,
 {
@@ -32,7 +32,7 @@ where
     s.parse().map_err(internal)
 }
 
-fn parsed_opt<T: std::str::FromStr>(row: &Row, i: usize) -> StoreResult<Option<T>>
+pub(crate) fn parsed_opt<T: std::str::FromStr>(row: &Row, i: usize) -> StoreResult<Option<T>>
 where
     T::Err: std::fmt::Display,
 {
@@ -51,15 +51,18 @@ fn json_opt<T: serde::de::DeserializeOwned>(row: &Row, i: usize) -> StoreResult<
         .transpose()
 }
 
-fn get<'a, T: tokio_postgres::types::FromSql<'a>>(row: &'a Row, i: usize) -> StoreResult<T> {
+pub(crate) fn get<'a, T: tokio_postgres::types::FromSql<'a>>(
+    row: &'a Row,
+    i: usize,
+) -> StoreResult<T> {
     row.try_get(i).map_err(internal)
 }
 
-fn ts_opt(row: &Row, i: usize) -> StoreResult<Option<Timestamp>> {
+pub(crate) fn ts_opt(row: &Row, i: usize) -> StoreResult<Option<Timestamp>> {
     Ok(get::<Option<i64>>(row, i)?.map(Timestamp))
 }
 
-fn nonneg<T: TryFrom<i64>>(v: i64) -> StoreResult<T> {
+pub(crate) fn nonneg<T: TryFrom<i64>>(v: i64) -> StoreResult<T> {
     T::try_from(v).map_err(|_| StoreError::internal(format!("{v} is out of range")))
 }
 

@@ -287,12 +287,13 @@ fn endpoint_save(
     Ok(())
 }
 
-/// A due delivery as the claim reads it (secrets are added once it is taken).
-fn task_from_row(r: &Row<'_>) -> rusqlite::Result<DeliveryTask> {
+/// A due delivery as the claim reads it (secrets are added once it is taken), with its
+/// `next_attempt_at` (the paging key).
+fn task_from_row(r: &Row<'_>) -> rusqlite::Result<(DeliveryTask, i64)> {
     let event: String = r.get(4)?;
     let attempts: u32 = r.get(8)?;
     let round_start: u32 = r.get(9)?;
-    Ok(DeliveryTask {
+    let task = DeliveryTask {
         id: parsed(r, 0)?,
         tenant_id: parsed(r, 1)?,
         job_id: parsed(r, 2)?,
@@ -306,7 +307,8 @@ fn task_from_row(r: &Row<'_>) -> rusqlite::Result<DeliveryTask> {
         attempts,
         round_attempts: attempts.saturating_sub(round_start),
         secrets: Vec::new(),
-    })
+    };
+    Ok((task, r.get(10)?))
 }
 
 /// The current (and still valid previous) secret of a subscription; `None` if it is gone.
@@ -332,26 +334,49 @@ fn webhook_secrets(
 }
 
 pub(crate) fn delivery_claim(c: &Connection, p: &DeliveryClaim) -> StoreResult<Vec<DeliveryTask>> {
-    // Over-fetch: deliveries to open or saturated endpoints are skipped and do not count.
-    let candidates: Vec<DeliveryTask> = c
-        .prepare_cached(
-            "SELECT id, tenant_id, job_id, webhook_id, event, url, endpoint, body, attempts, \
-             round_start FROM deliveries WHERE state = 'pending' AND next_attempt_at <= ?1 \
-             ORDER BY next_attempt_at, id LIMIT ?2",
+    // Endpoints whose breaker is open are left out in SQL; saturated ones are skipped
+    // below, paging on so a backlog behind one receiver never hides the others'.
+    let page = (p.limit * 4).max(64);
+    let mut candidates: Vec<(DeliveryTask, i64)> = Vec::new();
+    let mut after: Option<(i64, String)> = None;
+    let mut more = true;
+    let next_page = |after: &Option<(i64, String)>| -> StoreResult<Vec<(DeliveryTask, i64)>> {
+        let (at, id) = after.clone().unwrap_or((i64::MIN, String::new()));
+        c.prepare_cached(
+            "SELECT d.id, d.tenant_id, d.job_id, d.webhook_id, d.event, d.url, d.endpoint, \
+             d.body, d.attempts, d.round_start, d.next_attempt_at FROM deliveries d \
+             WHERE d.state = 'pending' AND d.next_attempt_at <= ?1 \
+               AND (d.next_attempt_at, d.id) > (?3, ?4) \
+               AND NOT EXISTS (SELECT 1 FROM endpoints e WHERE e.tenant_id = d.tenant_id \
+                               AND e.endpoint = d.endpoint AND e.open_until > ?1) \
+             ORDER BY d.next_attempt_at, d.id LIMIT ?2",
         )
         .and_then(|mut s| {
-            s.query_map(params![p.now.0, (p.limit * 4) as i64], task_from_row)?
+            s.query_map(params![p.now.0, page as i64, at, id], task_from_row)?
                 .collect()
         })
-        .map_err(internal)?;
+        .map_err(internal)
+    };
     let hold_until = p.now.plus_ms(p.hold_ms as i64);
     let mut admissions: HashMap<(TenantId, String), Admission> = HashMap::new();
     let mut slots: HashMap<(TenantId, String), usize> = HashMap::new();
     let mut tasks = Vec::new();
-    for mut task in candidates {
-        if tasks.len() >= p.limit {
-            break;
+    while tasks.len() < p.limit {
+        if candidates.is_empty() {
+            if !more {
+                break;
+            }
+            candidates = next_page(&after)?;
+            more = candidates.len() == page;
+            candidates.reverse(); // popped from the end, oldest first
+            if candidates.is_empty() {
+                break;
+            }
         }
+        let Some((mut task, due)) = candidates.pop() else {
+            break;
+        };
+        after = Some((due, task.id.to_string()));
         let key = (task.tenant_id.clone(), task.endpoint.clone());
         let taken = *slots
             .entry(key.clone())
@@ -407,14 +432,16 @@ pub(crate) fn delivery_claim(c: &Connection, p: &DeliveryClaim) -> StoreResult<V
 }
 
 pub(crate) fn delivery_record(c: &Connection, p: &DeliveryOutcome) -> StoreResult<()> {
-    let row: Option<(String, String, u32)> = c
-        .prepare_cached("SELECT tenant_id, endpoint, attempts FROM deliveries WHERE id = ?1")
+    let row: Option<(String, String, u32, String)> = c
+        .prepare_cached("SELECT tenant_id, endpoint, attempts, state FROM deliveries WHERE id = ?1")
         .and_then(|mut s| {
-            s.query_row([p.id.as_str()], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-                .optional()
+            s.query_row([p.id.as_str()], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+            })
+            .optional()
         })
         .map_err(internal)?;
-    let (tenant, endpoint, attempts) = row.ok_or(StoreError::NotFound)?;
+    let (tenant, endpoint, attempts, state) = row.ok_or(StoreError::NotFound)?;
     c.prepare_cached(
         "INSERT INTO delivery_attempts (delivery_id, attempt, at, status, latency_ms, error, \
          response) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
@@ -434,8 +461,9 @@ pub(crate) fn delivery_record(c: &Connection, p: &DeliveryOutcome) -> StoreResul
     c.prepare_cached("UPDATE deliveries SET attempts = attempts + 1 WHERE id = ?1")
         .and_then(|mut s| s.execute([p.id.as_str()]))
         .map_err(internal)?;
-    if attempts != p.attempts_before {
-        // A stale outcome (the delivery was claimed again since): logged, nothing more.
+    if attempts != p.attempts_before || state != DeliveryState::Pending.as_str() {
+        // Stale (claimed again since) or settled meanwhile (e.g. its subscription was
+        // deleted): logged, nothing more.
         return Ok(());
     }
     let (state, next, delivered) = match p.next {

@@ -12,4 +12,3 @@ async fn make() -> (Arc<dyn Store>, Box<dyn Any + Send>) {
 }
 
 vow_store_conformance::suite!(make);
-vow_store_conformance::suite!(@notices make);

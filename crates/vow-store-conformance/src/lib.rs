@@ -39,9 +39,6 @@ macro_rules! suite {
         $crate::suite!(@module leader; $make;
             leader_lease_is_exclusive_and_expires,
         );
-
-    };
-    (@notices $make:path) => {
         $crate::suite!(@module notices; $make;
             outbox_rows_come_with_transitions,
             claim_hold_and_record,
@@ -50,6 +47,7 @@ macro_rules! suite {
             callback_secret_rotation,
             delivery_pages,
             per_endpoint_cap,
+            an_open_breaker_backlog_does_not_block_others,
         );
     };
     (@module $module:ident; $make:path; $($case:ident),* $(,)?) => {

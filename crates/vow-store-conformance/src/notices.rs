@@ -609,15 +609,28 @@ pub async fn subscriptions_and_secrets(store: DynStore) {
         .await;
     }
 
-    // Delete: gone for reads; its pending deliveries are dead, nothing more is sent.
+    // Delete while a send is in flight: gone for reads; its pending deliveries are dead,
+    // nothing more is sent, and the late outcome of the send in flight changes nothing.
     assert!(matches!(
         store.webhook_delete(&other, &hook, T0).await,
         Err(StoreError::NotFound)
     ));
+    let in_flight = claim(&store, T0.plus_ms(5_000)).await;
+    let in_flight = in_flight
+        .iter()
+        .find(|d| d.webhook_id.as_ref() == Some(&hook))
+        .unwrap();
     store
-        .webhook_delete(&t, &hook, T0.plus_ms(2_000))
+        .webhook_delete(&t, &hook, T0.plus_ms(5_001))
         .await
         .unwrap();
+    record(
+        &store,
+        in_flight,
+        T0.plus_ms(5_002),
+        DeliveryNext::RetryAt(T0.plus_ms(6_000)),
+    )
+    .await;
     assert!(store.webhook_get(&t, &hook).await.unwrap().is_none());
     let ds = store
         .delivery_list(&DeliveryList {
@@ -632,7 +645,7 @@ pub async fn subscriptions_and_secrets(store: DynStore) {
         .items;
     assert_eq!(ds.len(), 1);
     assert_eq!(ds[0].state, DeliveryState::Dead);
-    let later = claim(&store, T0.plus_ms(5_000)).await;
+    let later = claim(&store, T0.plus_ms(60_000)).await;
     assert!(later.iter().all(|d| d.webhook_id.as_ref() != Some(&hook)));
     assert!(matches!(
         store.webhook_delete(&t, &hook, T0).await,
@@ -807,4 +820,50 @@ pub async fn per_endpoint_cap(store: DynStore) {
     assert_eq!(second.len(), 1, "one slot left: {second:?}");
     assert_eq!(second[0].endpoint, "https://busy.example");
     assert!(claim_capped(2, T0).await.is_empty(), "saturated");
+}
+
+/// A backlog behind a receiver whose breaker is open never hides another receiver's
+/// deliveries, however long the backlog and however small the claim.
+pub async fn an_open_breaker_backlog_does_not_block_others(store: DynStore) {
+    let t = tenant(&store, "t").await;
+    let breaker = Breaker::default();
+    for i in 0..30 {
+        run_to_completion(
+            &store,
+            &t,
+            "q",
+            json!({ "payload": i, "callback_url": format!("https://down.example/{i}") }),
+            T0,
+        )
+        .await;
+    }
+    run_to_completion(
+        &store,
+        &t,
+        "q",
+        json!({ "payload": "late", "callback_url": "https://up.example/" }),
+        T0.plus_ms(1),
+    )
+    .await;
+    // Every down delivery fails once: the breaker opens, they are due again at once.
+    let all = claim(&store, T0.plus_ms(1)).await;
+    assert_eq!(all.len(), 31);
+    let retry_at = T0.plus_ms(2);
+    for task in &all {
+        record(&store, task, T0.plus_ms(1), DeliveryNext::RetryAt(retry_at)).await;
+    }
+    assert!(breaker.threshold < 30);
+    let small = store
+        .delivery_claim(&DeliveryClaim {
+            now: retry_at,
+            limit: 1,
+            hold_ms: HOLD_MS,
+            breaker,
+            per_endpoint: 1_000,
+            in_flight: Default::default(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(small.len(), 1, "{small:?}");
+    assert_eq!(small[0].endpoint, "https://up.example");
 }

@@ -334,7 +334,8 @@ pub struct DeliveryClaim {
     /// Most deliveries in flight per endpoint (tenant and origin): the concurrency cap.
     pub per_endpoint: usize,
     /// The claimer's deliveries still in flight, per (tenant, endpoint): they count
-    /// against `per_endpoint`, so a saturated endpoint yields nothing.
+    /// against `per_endpoint`, so a saturated endpoint yields nothing. The cap is the
+    /// claimer's; it is global because one node (the dispatcher's leader) claims.
     pub in_flight: HashMap<(TenantId, String), usize>,
 }
 
