@@ -1,15 +1,15 @@
 //! `kill -9` the real server while completion notices are in flight: after a restart
 //! every notice still arrives, re-sent under the same `webhook-id`, correctly signed.
 
-use std::collections::{HashMap, HashSet};
+mod support;
+
+use std::collections::HashSet;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use support::receiver::HangingReceiver;
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -32,22 +32,24 @@ const CONFIG: &str =
     "[webhooks]\ntimeout_ms = 1000\nretry_schedule_ms = [200, 200, 200, 200, 200, 200, 200, 200]\n";
 
 async fn start(data_dir: &Path, config: &Path, port: u16) -> Server {
-    let child = Command::new(env!("CARGO_BIN_EXE_vow"))
-        .args([
-            "serve",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--config",
-        ])
-        .arg(config)
-        .arg("--data-dir")
-        .arg(data_dir)
-        .env("VOW_WEBHOOK_ALLOW_CIDRS", "127.0.0.1/32")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
+    let server = Server(
+        Command::new(env!("CARGO_BIN_EXE_vow"))
+            .args([
+                "serve",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--config",
+            ])
+            .arg(config)
+            .arg("--data-dir")
+            .arg(data_dir)
+            .env("VOW_WEBHOOK_ALLOW_CIDRS", "127.0.0.1/32")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap(),
+    );
     let http = reqwest::Client::new();
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
@@ -57,93 +59,11 @@ async fn start(data_dir: &Path, config: &Path, port: u16) -> Server {
             .await
         {
             if r.status().is_success() {
-                return Server(child);
+                return server;
             }
         }
         assert!(Instant::now() < deadline, "server did not become ready");
         tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// The value of header `name` (case-insensitive) in an HTTP request head.
-fn header(head: &str, name: &str) -> String {
-    head.lines()
-        .find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            k.trim()
-                .eq_ignore_ascii_case(name)
-                .then(|| v.trim().to_owned())
-        })
-        .unwrap_or_default()
-}
-
-/// What the receiver saw: per webhook-id, how many requests and whether each verified.
-#[derive(Default)]
-struct Seen {
-    requests: HashMap<String, u32>,
-    acked: HashSet<String>,
-    bad_signatures: u32,
-}
-
-/// A minimal HTTP receiver: while `hang` is set it reads a notice and never answers
-/// (the sender is stuck mid-delivery); otherwise it answers 204.
-async fn receiver(
-    listener: tokio::net::TcpListener,
-    secret: Arc<Mutex<String>>,
-    hang: Arc<AtomicBool>,
-    seen: Arc<Mutex<Seen>>,
-) {
-    loop {
-        let Ok((mut sock, _)) = listener.accept().await else {
-            return;
-        };
-        let (secret, hang, seen) = (secret.clone(), hang.clone(), seen.clone());
-        tokio::spawn(async move {
-            let mut buf = Vec::new();
-            let mut chunk = [0u8; 4096];
-            let (head, body) = loop {
-                let n = match sock.read(&mut chunk).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => n,
-                };
-                buf.extend_from_slice(&chunk[..n]);
-                let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
-                    continue;
-                };
-                let head = String::from_utf8_lossy(&buf[..end]).into_owned();
-                let len: usize = header(&head, "content-length").parse().unwrap_or(0);
-                if buf.len() >= end + 4 + len {
-                    break (head, buf[end + 4..end + 4 + len].to_vec());
-                }
-            };
-            let id_raw = header(&head, "webhook-id");
-            let ts = header(&head, "webhook-timestamp");
-            let sig_raw = header(&head, "webhook-signature");
-            let secret = secret.lock().unwrap().clone();
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_secs() as i64;
-            let ok =
-                vow_client::webhook::verify(&[&secret], &id_raw, &ts, &sig_raw, &body, now, 300)
-                    .is_ok();
-            {
-                let mut s = seen.lock().unwrap();
-                *s.requests.entry(id_raw.clone()).or_default() += 1;
-                if !ok {
-                    s.bad_signatures += 1;
-                }
-            }
-            if hang.load(Ordering::SeqCst) {
-                // Stuck: hold the connection until the sender goes away.
-                let _ = sock.read(&mut chunk).await;
-                return;
-            }
-            let _ = sock
-                .write_all(b"HTTP/1.1 204 No Content\r\nconnection: close\r\n\r\n")
-                .await;
-            seen.lock().unwrap().acked.insert(id_raw);
-        });
     }
 }
 
@@ -174,12 +94,8 @@ async fn kill_9_mid_delivery_then_every_notice_still_arrives() {
         .json()
         .await
         .unwrap();
-    let secret = Arc::new(Mutex::new(secret["secret"].as_str().unwrap().to_owned()));
-    let hang = Arc::new(AtomicBool::new(true));
-    let seen: Arc<Mutex<Seen>> = Arc::default();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let target = format!("http://{}/done", listener.local_addr().unwrap());
-    tokio::spawn(receiver(listener, secret, hang.clone(), seen.clone()));
+    let rx = HangingReceiver::start(secret["secret"].as_str().unwrap()).await;
+    let target = rx.url.clone();
 
     // Five jobs complete; their notices get stuck in flight at the receiver.
     let mut jobs = Vec::new();
@@ -222,11 +138,11 @@ async fn kill_9_mid_delivery_then_every_notice_still_arrives() {
         .unwrap();
     assert_eq!(r.status(), 200);
     let deadline = Instant::now() + Duration::from_secs(20);
-    while seen.lock().unwrap().requests.len() < 5 {
+    while rx.distinct() < 5 {
         assert!(Instant::now() < deadline, "the notices were never sent");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let in_flight: HashSet<String> = seen.lock().unwrap().requests.keys().cloned().collect();
+    let in_flight: HashSet<String> = rx.seen.lock().unwrap().requests.keys().cloned().collect();
 
     // kill -9 while all five are in flight; the receiver recovers; the server restarts.
     Command::new("kill")
@@ -234,7 +150,7 @@ async fn kill_9_mid_delivery_then_every_notice_still_arrives() {
         .status()
         .unwrap();
     drop(server); // reaps the killed process
-    hang.store(false, Ordering::SeqCst);
+    rx.release();
     let _server = start(&data, &config, port).await;
 
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -265,7 +181,7 @@ async fn kill_9_mid_delivery_then_every_notice_still_arrives() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let seen = seen.lock().unwrap();
+    let seen = rx.seen.lock().unwrap();
     assert_eq!(seen.bad_signatures, 0, "every request verified");
     assert_eq!(
         seen.acked, in_flight,

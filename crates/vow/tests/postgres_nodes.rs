@@ -2,11 +2,15 @@
 //! - three nodes, producers and workers spread across them, 20,000 jobs, one node killed
 //!   with `kill -9` mid-run: every job completed exactly once, the jobs leased through
 //!   the dead node retried after their leases expired, nothing acknowledged lost;
+//! - notices in flight when the dispatching node is killed: another node takes the
+//!   dispatcher lease over and delivers them, under the same webhook-ids;
 //! - a PostgreSQL outage (the cluster stopped, then started): `/readyz` not ready,
 //!   requests answered `503 store_unavailable` quickly, nodes recover on their own.
 //!
 //! PostgreSQL comes from `VOW_TEST_DATABASE_URL` or a throwaway cluster (see
 //! `vow_postgres::testing`; the outage test always uses a private cluster it can stop).
+
+mod support;
 
 use vow_postgres::testing as testpg;
 
@@ -18,6 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
+use support::receiver::HangingReceiver;
 use testpg::Cluster;
 
 const QUEUE: &str = "work";
@@ -44,6 +49,11 @@ fn free_port() -> u16 {
 }
 
 async fn start(data_dir: &Path, store: &str, root_key: &str) -> Node {
+    start_with(data_dir, store, root_key, &[]).await
+}
+
+/// [`start`] with extra `vow serve` arguments.
+async fn start_with(data_dir: &Path, store: &str, root_key: &str, extra: &[&str]) -> Node {
     let port = free_port();
     let child = Command::new(env!("CARGO_BIN_EXE_vow"))
         .args([
@@ -55,6 +65,7 @@ async fn start(data_dir: &Path, store: &str, root_key: &str) -> Node {
             "--data-dir",
         ])
         .arg(data_dir)
+        .args(extra)
         .env("RUST_LOG", "error")
         .env("VOW_ROOT_KEY", root_key)
         .stdout(Stdio::null())
@@ -485,4 +496,128 @@ async fn postgres_outage_is_503_then_recovers_with_nothing_lost() {
             "node 1 is not woken by node 0's enqueue after the outage"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn notices_in_flight_survive_the_dispatching_node() {
+    let db = tokio::task::spawn_blocking(|| Cluster::shared().database())
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("vow.toml");
+    std::fs::write(
+        &config,
+        "webhook_allow_cidrs = [\"127.0.0.1/32\"]\n[webhooks]\ntimeout_ms = 1000\n",
+    )
+    .unwrap();
+    let extra = ["--config", config.to_str().unwrap()];
+    let root = root_key();
+    // Node 0 alone: it holds the dispatcher lease when the notices go out.
+    let first = start_with(&dir.path().join("n0"), &db.url, &root, &extra).await;
+    let key = admin_key(&dir.path().join("n0"));
+    let http = http();
+    let base0 = first.base.clone();
+
+    let secret: Value = http
+        .post(format!("{base0}/v1/callback-secret"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let rx = HangingReceiver::start(secret["secret"].as_str().unwrap()).await;
+    let mut jobs = Vec::new();
+    for i in 0..4 {
+        let job: Value = http
+            .post(format!("{base0}/v1/queues/{QUEUE}/jobs"))
+            .bearer_auth(&key)
+            .json(&json!({ "payload": i, "callback_url": rx.url }))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        jobs.push(job["id"].as_str().unwrap().to_owned());
+    }
+    let leased: Value = http
+        .post(format!("{base0}/v1/queues/{QUEUE}/lease"))
+        .bearer_auth(&key)
+        .json(&json!({ "worker_id": "w", "max_jobs": 4, "wait_ms": 1000 }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let complete: Vec<Value> = leased["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| json!({ "id": j["id"], "lease_id": j["lease_id"], "result": 1 }))
+        .collect();
+    assert_eq!(complete.len(), 4);
+    let r = http
+        .post(format!("{base0}/v1/acks"))
+        .bearer_auth(&key)
+        .json(&json!({ "complete": complete }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while rx.distinct() < 4 {
+        assert!(Instant::now() < deadline, "the notices were never sent");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // A second node joins; node 0 dies holding the notices; the receiver recovers.
+    let second = start_with(&dir.path().join("n1"), &db.url, &root, &extra).await;
+    Command::new("kill")
+        .args(["-9", &first.child.id().to_string()])
+        .status()
+        .unwrap();
+    drop(first);
+    rx.release();
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut delivered = 0;
+        for job in &jobs {
+            let ds: Value = http
+                .get(format!("{}/v1/jobs/{job}/deliveries", second.base))
+                .bearer_auth(&key)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            let items = ds["items"].as_array().unwrap();
+            assert_eq!(items.len(), 1, "{ds}");
+            delivered += usize::from(items[0]["state"] == "delivered");
+        }
+        if delivered == jobs.len() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{delivered} of 4 notices delivered after the takeover"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let seen = rx.seen.lock().unwrap();
+    assert_eq!(seen.bad_signatures, 0);
+    assert_eq!(
+        seen.acked.len(),
+        4,
+        "the same four webhook-ids, re-sent by node 1"
+    );
+    assert!(
+        seen.requests.values().all(|&n| n >= 2),
+        "{:?}",
+        seen.requests
+    );
 }
