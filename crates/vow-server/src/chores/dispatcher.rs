@@ -11,6 +11,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use tokio::sync::broadcast::error::RecvError;
 use tokio::task::JoinSet;
 use vow_core::notice::NoticeType;
 use vow_core::retry::jitter;
@@ -43,6 +44,7 @@ impl Dispatcher {
         let mut sends: JoinSet<Endpoint> = JoinSet::new();
         let mut busy: HashMap<Endpoint, usize> = HashMap::new();
         let settings = app.webhooks.clone();
+        let mut bus_open = true;
         'run: loop {
             let mut pause = lead.until_claim().min(super::IDLE);
             if lead.check(&app).await && sends.len() < settings.max_in_flight {
@@ -81,10 +83,15 @@ impl Dispatcher {
                         }
                         break; // a slot freed: claim again
                     }
-                    ev = events.recv() => {
+                    ev = events.recv(), if bus_open => {
                         let worthy = match &ev {
                             Ok(e) => NoticeType::of(e.event.kind, e.event.to_state).is_some(),
-                            Err(_) => true, // lagged: some missed events may be notices
+                            // Lagged: some missed events may have been notices.
+                            Err(RecvError::Lagged(_)) => true,
+                            Err(RecvError::Closed) => {
+                                bus_open = false; // polling alone from now on
+                                false
+                            }
                         };
                         if worthy {
                             // Events come in bursts: gather them into one claim.
