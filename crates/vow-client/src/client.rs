@@ -6,12 +6,13 @@ use reqwest::{Method, RequestBuilder, StatusCode, Url};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use vow_core::api::{
-    AckRequest, AckResponse, BatchEnqueueRequest, CompleteRequest, EnqueueRequest, FailRequest,
-    HeartbeatRequest, HeartbeatResponse, Items, JobEventView, JobListQuery, JobView, KeyCreate,
-    KeyCreated, KeyView, LeaseRequest, LeaseResponse, Page, Problem, QueuePatch, QueueView,
-    TenantCreate, TenantView, WaitQuery,
+    AckRequest, AckResponse, BatchEnqueueRequest, CallbackSecretView, CompleteRequest,
+    DeliveryView, EnqueueRequest, FailRequest, HeartbeatRequest, HeartbeatResponse, Items,
+    JobEventView, JobListQuery, JobView, KeyCreate, KeyCreated, KeyView, LeaseRequest,
+    LeaseResponse, Page, PageQuery, Problem, QueuePatch, QueueView, TenantCreate, TenantView,
+    WaitQuery, WebhookCreate, WebhookView,
 };
-use vow_core::{JobId, KeyId};
+use vow_core::{DeliveryId, JobId, KeyId, WebhookId};
 
 use crate::Error;
 
@@ -289,6 +290,78 @@ impl Client {
                 .json(patch),
         )
         .await
+    }
+
+    // ---- completion notices ----
+
+    /// `POST /v1/webhooks`: subscribes to notices; `secret` is set this once only.
+    pub async fn create_webhook(&self, req: &WebhookCreate) -> Result<WebhookView, Error> {
+        self.post(&["v1", "webhooks"], req).await
+    }
+
+    /// `GET /v1/webhooks`: the tenant's subscriptions, without their secrets.
+    pub async fn webhooks(&self) -> Result<Vec<WebhookView>, Error> {
+        let items: Items<WebhookView> = self.get(&["v1", "webhooks"]).await?;
+        Ok(items.items)
+    }
+
+    /// `GET /v1/webhooks/{id}`: one subscription, without its secret.
+    pub async fn webhook(&self, id: &WebhookId) -> Result<WebhookView, Error> {
+        self.get(&["v1", "webhooks", id.as_str()]).await
+    }
+
+    /// `DELETE /v1/webhooks/{id}` (`204`): its pending deliveries become dead.
+    pub async fn delete_webhook(&self, id: &WebhookId) -> Result<(), Error> {
+        Self::call(self.request(Method::DELETE, &["v1", "webhooks", id.as_str()])).await
+    }
+
+    /// `POST /v1/webhooks/{id}/rotate-secret`: a new signing `secret`, shown this once.
+    pub async fn rotate_webhook_secret(&self, id: &WebhookId) -> Result<WebhookView, Error> {
+        self.post(
+            &["v1", "webhooks", id.as_str(), "rotate-secret"],
+            &serde_json::json!({}),
+        )
+        .await
+    }
+
+    /// `GET /v1/webhooks/{id}/deliveries`: one page, newest first (`next_cursor` → `cursor`).
+    pub async fn webhook_deliveries(
+        &self,
+        id: &WebhookId,
+        query: &PageQuery,
+    ) -> Result<Page<DeliveryView>, Error> {
+        Self::call(
+            self.request(Method::GET, &["v1", "webhooks", id.as_str(), "deliveries"])
+                .query(query),
+        )
+        .await
+    }
+
+    /// `GET /v1/jobs/{id}/deliveries`: the job's notices, newest first (no attempt logs).
+    pub async fn job_deliveries(&self, id: &JobId) -> Result<Vec<DeliveryView>, Error> {
+        let items: Items<DeliveryView> =
+            self.get(&["v1", "jobs", id.as_str(), "deliveries"]).await?;
+        Ok(items.items)
+    }
+
+    /// `GET /v1/deliveries/{id}`: one delivery with its attempt `log`.
+    pub async fn delivery(&self, id: &DeliveryId) -> Result<DeliveryView, Error> {
+        self.get(&["v1", "deliveries", id.as_str()]).await
+    }
+
+    /// `POST /v1/deliveries/{id}/retry`: sends it again now, same id, fresh retry schedule.
+    pub async fn retry_delivery(&self, id: &DeliveryId) -> Result<DeliveryView, Error> {
+        self.post(
+            &["v1", "deliveries", id.as_str(), "retry"],
+            &serde_json::json!({}),
+        )
+        .await
+    }
+
+    /// `POST /v1/callback-secret`: a new secret for `callback_url` notices, shown this once.
+    pub async fn rotate_callback_secret(&self) -> Result<CallbackSecretView, Error> {
+        self.post(&["v1", "callback-secret"], &serde_json::json!({}))
+            .await
     }
 
     // ---- tenants and keys (root key) ----

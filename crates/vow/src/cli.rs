@@ -3,9 +3,13 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{Args, Parser, Subcommand};
+use vow_core::api::WebhookEvent;
 use vow_core::auth::Role;
-use vow_core::{GroupKey, JobId, JobState, KeyId, QueueName, TenantName, Timestamp};
+use vow_core::{
+    DeliveryId, GroupKey, JobId, JobState, KeyId, QueueName, TenantName, Timestamp, WebhookId,
+};
 
 /// Default server URL for client commands.
 pub const DEFAULT_URL: &str = "http://127.0.0.1:7400";
@@ -61,6 +65,31 @@ pub enum Command {
 
     /// List queues, show one, pause or resume one (default: list).
     Queues(QueuesArgs),
+
+    /// Subscribe to completion notices (webhooks) and inspect them (default: list).
+    ///
+    /// A subscription receives a signed POST (Standard Webhooks) when a job of the
+    /// tenant completes, dies, is cancelled or is retried, for the events and queues it
+    /// names. Its signing secret is printed once, by `create` and `rotate-secret`.
+    ///
+    /// Example: vow webhooks create https://example.com/hooks --event job.completed
+    /// --event job.dead --queue emails
+    Webhooks(WebhooksArgs),
+
+    /// Inspect completion notices and their attempt logs; send one again.
+    ///
+    /// A delivery is one notice to one URL (a subscription's, or a job's own
+    /// callback_url); its id (msg_…) is the `webhook-id` header the receiver sees.
+    ///
+    /// Example: vow deliveries job job_01JD0000000000000000000000
+    #[command(subcommand)]
+    Deliveries(DeliveriesCommand),
+
+    /// Manage the secret that signs notices sent to jobs' own callback_url.
+    ///
+    /// Example: vow callback-secret rotate
+    #[command(subcommand)]
+    CallbackSecret(CallbackSecretCommand),
 
     /// Create and list tenants (needs the root key).
     #[command(subcommand)]
@@ -267,6 +296,128 @@ pub enum QueuesCommand {
     },
 }
 
+/// `vow webhooks [...]`
+#[derive(Debug, Args)]
+pub struct WebhooksArgs {
+    /// What to do with subscriptions.
+    #[command(subcommand)]
+    pub command: Option<WebhooksCommand>,
+}
+
+/// `vow webhooks …`
+#[derive(Debug, Subcommand)]
+pub enum WebhooksCommand {
+    /// List the tenant's subscriptions (never their secrets).
+    ///
+    /// Example: vow webhooks list
+    List,
+    /// Show one subscription (never its secret).
+    ///
+    /// Example: vow webhooks get wh_01JD0000000000000000000000
+    Get {
+        /// Webhook id (wh_…).
+        id: WebhookId,
+    },
+    /// Subscribe a URL to completion notices; the signing secret is printed this once.
+    ///
+    /// The secret (whsec_…) is the last line on stdout; store it now, it cannot be
+    /// shown again (`rotate-secret` makes a new one).
+    ///
+    /// Example: vow webhooks create https://example.com/hooks --event job.completed
+    /// --event job.dead --queue emails
+    Create(WebhookCreateArgs),
+    /// Remove a subscription; its pending deliveries become dead.
+    ///
+    /// Example: vow webhooks delete wh_01JD0000000000000000000000
+    Delete {
+        /// Webhook id (wh_…).
+        id: WebhookId,
+    },
+    /// Give a subscription a new signing secret, printed this once.
+    ///
+    /// The previous secret keeps signing too (a second signature) for the server's
+    /// grace period (24 h by default), so receivers can switch without losing notices.
+    ///
+    /// Example: vow webhooks rotate-secret wh_01JD0000000000000000000000
+    RotateSecret {
+        /// Webhook id (wh_…).
+        id: WebhookId,
+    },
+    /// List a subscription's deliveries, newest first (one page; pass the printed cursor
+    /// for the next).
+    ///
+    /// Example: vow webhooks deliveries wh_01JD0000000000000000000000 --limit 20
+    Deliveries {
+        /// Webhook id (wh_…).
+        id: WebhookId,
+        /// Page size, at most 500 [server default: 50].
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=500))]
+        limit: Option<u32>,
+        /// Cursor from the previous page.
+        #[arg(long)]
+        cursor: Option<String>,
+    },
+}
+
+/// `vow webhooks create` arguments.
+#[derive(Debug, Args)]
+pub struct WebhookCreateArgs {
+    /// Where notices are POSTed (http or https). A positional argument: `--url` is the
+    /// vow server's address, as for every client command.
+    #[arg(value_name = "URL")]
+    pub target: String,
+
+    /// A notice to receive; repeat for more.
+    #[arg(long = "event", value_name = "EVENT", required = true, value_parser = event_parser())]
+    pub events: Vec<WebhookEvent>,
+
+    /// Only jobs of this queue; repeat for more [default: every queue].
+    #[arg(long = "queue", value_name = "QUEUE")]
+    pub queues: Vec<QueueName>,
+}
+
+/// `vow deliveries …`
+#[derive(Debug, Subcommand)]
+pub enum DeliveriesCommand {
+    /// Show one delivery and its attempt log (status, latency, error, start of the
+    /// answer).
+    ///
+    /// Example: vow deliveries get msg_01JD0000000000000000000000
+    Get {
+        /// Delivery id (msg_…).
+        id: DeliveryId,
+    },
+    /// Send a delivery again now, with a fresh retry schedule and the same id: for a
+    /// dead one, or to re-send one that was delivered.
+    ///
+    /// Example: vow deliveries retry msg_01JD0000000000000000000000
+    Retry {
+        /// Delivery id (msg_…).
+        id: DeliveryId,
+    },
+    /// List a job's notices (its callback_url and the subscriptions it matched), newest
+    /// first.
+    ///
+    /// Example: vow deliveries job job_01JD0000000000000000000000
+    Job {
+        /// Job id (job_…).
+        job_id: JobId,
+    },
+}
+
+/// `vow callback-secret …`
+#[derive(Debug, Subcommand)]
+pub enum CallbackSecretCommand {
+    /// Create or rotate the tenant's callback secret; the new one is printed this once.
+    ///
+    /// The secret (whsec_…) is the last line on stdout; store it now, it cannot be
+    /// shown again. The previous one keeps signing too (a second signature) until the
+    /// time printed, so receivers can switch without losing notices.
+    ///
+    /// Example: vow callback-secret rotate
+    Rotate,
+}
+
 /// `vow tenants …`
 #[derive(Debug, Subcommand)]
 pub enum TenantsCommand {
@@ -337,6 +488,12 @@ pub struct WorkerArgs {
     /// The command and its arguments, after `--`.
     #[arg(last = true, required = true, value_name = "CMD")]
     pub command: Vec<String>,
+}
+
+/// The wire names of the notice events, listed in `--help` and checked by the parser.
+fn event_parser() -> impl TypedValueParser<Value = WebhookEvent> {
+    PossibleValuesParser::new(["job.completed", "job.dead", "job.cancelled", "job.retrying"])
+        .try_map(|s| serde_json::from_value::<WebhookEvent>(serde_json::Value::String(s)))
 }
 
 fn parse_timestamp(s: &str) -> Result<Timestamp, String> {
@@ -438,6 +595,85 @@ mod tests {
             Command::Queues(QueuesArgs {
                 command: Some(QueuesCommand::Pause { .. })
             })
+        ));
+    }
+
+    #[test]
+    fn webhooks_default_to_list_and_create_takes_events_and_queues() {
+        let cli = parse(&["webhooks"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Webhooks(WebhooksArgs { command: None })
+        ));
+        let cli = parse(&[
+            "webhooks",
+            "create",
+            "https://example.com/h",
+            "--event",
+            "job.completed",
+            "--event",
+            "job.dead",
+            "--event",
+            "job.cancelled",
+            "--event",
+            "job.retrying",
+            "--queue",
+            "emails",
+        ])
+        .unwrap();
+        let Command::Webhooks(WebhooksArgs {
+            command: Some(WebhooksCommand::Create(a)),
+        }) = cli.command
+        else {
+            panic!("not webhooks create")
+        };
+        assert_eq!(a.target, "https://example.com/h");
+        assert_eq!(
+            a.events,
+            [
+                WebhookEvent::JobCompleted,
+                WebhookEvent::JobDead,
+                WebhookEvent::JobCancelled,
+                WebhookEvent::JobRetrying
+            ]
+        );
+        assert_eq!(a.queues.len(), 1);
+        assert_eq!(cli.url, DEFAULT_URL, "the target is not the server");
+        assert!(parse(&["webhooks", "create", "https://x"]).is_err());
+        assert!(parse(&["webhooks", "create", "https://x", "--event", "job.done"]).is_err());
+        // `--url` stays the server's address, wherever it is given.
+        let cli = parse(&[
+            "webhooks",
+            "create",
+            "https://hook.example/x",
+            "--event",
+            "job.dead",
+            "--url",
+            "http://vow:7400",
+        ])
+        .unwrap();
+        assert_eq!(cli.url, "http://vow:7400");
+        let Command::Webhooks(WebhooksArgs {
+            command: Some(WebhooksCommand::Create(a)),
+        }) = cli.command
+        else {
+            panic!("not webhooks create")
+        };
+        assert_eq!(a.target, "https://hook.example/x");
+        assert!(parse(&["webhooks", "get", "job_01JD0000000000000000000000"]).is_err());
+        assert!(parse(&[
+            "webhooks",
+            "deliveries",
+            "wh_01JD0000000000000000000000",
+            "--limit",
+            "0"
+        ])
+        .is_err());
+        assert!(parse(&["deliveries", "get", "wh_01JD0000000000000000000000"]).is_err());
+        assert!(parse(&["deliveries", "job", "job_01JD0000000000000000000000"]).is_ok());
+        assert!(matches!(
+            parse(&["callback-secret", "rotate"]).unwrap().command,
+            Command::CallbackSecret(CallbackSecretCommand::Rotate)
         ));
     }
 

@@ -19,11 +19,14 @@ use clap::FromArgMatches;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 use vow_client::{Client, Worker};
-use vow_core::api::{EnqueueRequest, JobListQuery, KeyCreate, QueuePatch, TenantCreate};
+use vow_core::api::{
+    EnqueueRequest, JobListQuery, KeyCreate, PageQuery, QueuePatch, TenantCreate, WebhookCreate,
+};
 use vow_core::JobState;
 
 use cli::{
-    Cli, Command, EnqueueArgs, JobsCommand, KeysCommand, QueuesCommand, TenantsCommand, WorkerArgs,
+    CallbackSecretCommand, Cli, Command, DeliveriesCommand, EnqueueArgs, JobsCommand, KeysCommand,
+    QueuesCommand, TenantsCommand, WebhooksCommand, WorkerArgs,
 };
 use settings::KeyFile;
 
@@ -97,6 +100,23 @@ async fn run(cli: Cli, url_given: bool) -> anyhow::Result<ExitCode> {
         Command::Jobs(cmd) => return jobs(&cli, cmd).await,
         Command::Queues(args) => {
             queues(&cli, args.command.as_ref().unwrap_or(&QueuesCommand::List)).await?
+        }
+        Command::Webhooks(args) => {
+            webhooks(
+                &cli,
+                args.command.as_ref().unwrap_or(&WebhooksCommand::List),
+            )
+            .await?
+        }
+        Command::Deliveries(cmd) => deliveries(&cli, cmd).await?,
+        Command::CallbackSecret(CallbackSecretCommand::Rotate) => {
+            let c = client(&cli, KeyFile::Admin)?;
+            let v = c.rotate_callback_secret().await?;
+            if cli.json {
+                output::json(&v)?
+            } else {
+                output::callback_secret(&v)
+            }
         }
         Command::Tenants(cmd) => {
             let c = client(&cli, KeyFile::Root)?;
@@ -307,6 +327,89 @@ async fn queues(cli: &Cli, cmd: &QueuesCommand) -> anyhow::Result<()> {
         output::json(&q)
     } else {
         output::queue(&q);
+        Ok(())
+    }
+}
+
+async fn webhooks(cli: &Cli, cmd: &WebhooksCommand) -> anyhow::Result<()> {
+    let c = client(cli, KeyFile::Admin)?;
+    match cmd {
+        WebhooksCommand::List => {
+            let items = c.webhooks().await?;
+            if cli.json {
+                return output::json(&items);
+            }
+            output::webhooks(&items);
+        }
+        WebhooksCommand::Get { id } => {
+            let w = c.webhook(id).await?;
+            if cli.json {
+                return output::json(&w);
+            }
+            output::webhook(&w);
+        }
+        WebhooksCommand::Create(a) => {
+            let req = WebhookCreate {
+                url: a.target.clone(),
+                events: a.events.clone(),
+                queues: (!a.queues.is_empty()).then(|| a.queues.clone()),
+            };
+            let w = c.create_webhook(&req).await?;
+            if cli.json {
+                return output::json(&w);
+            }
+            output::webhook_with_secret(&w);
+        }
+        WebhooksCommand::Delete { id } => {
+            c.delete_webhook(id).await?;
+            // The API answers 204 with no body: nothing to print as JSON.
+            if !cli.json {
+                println!("deleted {id}; its pending deliveries are now dead");
+            }
+        }
+        WebhooksCommand::RotateSecret { id } => {
+            let w = c.rotate_webhook_secret(id).await?;
+            if cli.json {
+                return output::json(&w);
+            }
+            output::webhook_with_secret(&w);
+        }
+        WebhooksCommand::Deliveries { id, limit, cursor } => {
+            let q = PageQuery {
+                limit: limit.map(|l| l as usize),
+                cursor: cursor.clone(),
+            };
+            let page = c.webhook_deliveries(id, &q).await?;
+            if cli.json {
+                return output::json(&page);
+            }
+            output::deliveries(&page.items, page.next_cursor.as_deref());
+        }
+    }
+    Ok(())
+}
+
+async fn deliveries(cli: &Cli, cmd: &DeliveriesCommand) -> anyhow::Result<()> {
+    let c = client(cli, KeyFile::Admin)?;
+    let d = match cmd {
+        DeliveriesCommand::Job { job_id } => {
+            let items = c.job_deliveries(job_id).await?;
+            if cli.json {
+                return output::json(&items);
+            }
+            if items.is_empty() {
+                eprintln!("job {job_id} has no completion notices");
+            }
+            output::deliveries(&items, None);
+            return Ok(());
+        }
+        DeliveriesCommand::Get { id } => c.delivery(id).await?,
+        DeliveriesCommand::Retry { id } => c.retry_delivery(id).await?,
+    };
+    if cli.json {
+        output::json(&d)
+    } else {
+        output::delivery(&d);
         Ok(())
     }
 }

@@ -3,7 +3,10 @@
 use comfy_table::{presets, ContentArrangement, Table};
 use serde::Serialize;
 use serde_json::Value;
-use vow_core::api::{JobEventView, JobView, KeyCreated, KeyView, QueueView, TenantView};
+use vow_core::api::{
+    CallbackSecretView, DeliveryAttemptView, DeliveryView, JobEventView, JobView, KeyCreated,
+    KeyView, QueueView, TenantView, WebhookEvent, WebhookView,
+};
 use vow_core::Timestamp;
 
 /// Prints `value` as pretty JSON on stdout.
@@ -259,6 +262,191 @@ pub fn key_created(k: &KeyCreated) {
     println!("{}", k.key);
 }
 
+/// The wire name of a notice event (`job.completed`, …).
+pub fn event_name(e: WebhookEvent) -> &'static str {
+    match e {
+        WebhookEvent::JobCompleted => "job.completed",
+        WebhookEvent::JobDead => "job.dead",
+        WebhookEvent::JobCancelled => "job.cancelled",
+        WebhookEvent::JobRetrying => "job.retrying",
+    }
+}
+
+fn events_list(events: &[WebhookEvent]) -> String {
+    events
+        .iter()
+        .map(|e| event_name(*e))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn queues_filter(w: &WebhookView) -> String {
+    match &w.queues {
+        Some(q) => q.iter().map(|q| q.as_str()).collect::<Vec<_>>().join(", "),
+        None => "(every queue)".to_owned(),
+    }
+}
+
+/// Webhook subscriptions, one line each (never their secrets).
+pub fn webhooks(items: &[WebhookView]) {
+    let mut t = table(&["ID", "URL", "EVENTS", "QUEUES", "CREATED"]);
+    for w in items {
+        t.add_row(vec![
+            w.id.to_string(),
+            short(&w.url, 60),
+            events_list(&w.events),
+            short(&queues_filter(w), 40),
+            time(w.created_at),
+        ]);
+    }
+    print(t);
+}
+
+/// One subscription, field by field (never its secret).
+pub fn webhook(w: &WebhookView) {
+    let mut t = table(&["FIELD", "VALUE"]);
+    let mut row = |k: &str, v: String| {
+        t.add_row(vec![k.to_owned(), v]);
+    };
+    row("id", w.id.to_string());
+    row("url", w.url.clone());
+    row("events", events_list(&w.events));
+    row("queues", queues_filter(w));
+    row("created_at", time(w.created_at));
+    if let Some(until) = w.previous_secret_valid_until {
+        row("previous_secret_valid_until", time(until));
+    }
+    print(t);
+}
+
+/// A created or rotated subscription: its record, then the secret alone on the last
+/// line of stdout, with the note that it is not shown again.
+pub fn webhook_with_secret(w: &WebhookView) {
+    webhook(w);
+    secret_once(w.secret.as_deref().unwrap_or_default(), "signing secret");
+}
+
+fn secret_once(secret: &str, what: &str) {
+    eprintln!(
+        "
+The {what} is shown this once and cannot be shown again; store it now:"
+    );
+    println!("{secret}");
+}
+
+/// A new callback secret, and until when the previous one still signs.
+pub fn callback_secret(v: &CallbackSecretView) {
+    match v.previous_secret_valid_until {
+        Some(until) => println!(
+            "The previous callback secret keeps signing (as a second signature) until {} UTC.",
+            time(until)
+        ),
+        None => println!("There was no previous callback secret."),
+    }
+    secret_once(&v.secret, "callback secret");
+}
+
+fn delivery_target(d: &DeliveryView) -> String {
+    d.webhook_id
+        .as_ref()
+        .map(|w| w.to_string())
+        .unwrap_or_else(|| "callback_url".to_owned())
+}
+
+fn opt_status(s: Option<u16>) -> String {
+    s.map(|s| s.to_string()).unwrap_or_else(|| "-".to_owned())
+}
+
+/// Deliveries, one line each.
+pub fn deliveries(items: &[DeliveryView], next_cursor: Option<&str>) {
+    let mut t = table(&[
+        "ID",
+        "JOB",
+        "EVENT",
+        "FOR",
+        "STATE",
+        "ATTEMPTS",
+        "STATUS",
+        "CREATED",
+        "LAST ERROR",
+    ]);
+    for d in items {
+        t.add_row(vec![
+            d.id.to_string(),
+            d.job_id.to_string(),
+            event_name(d.event).to_owned(),
+            delivery_target(d),
+            d.state.as_str().to_owned(),
+            d.attempts.to_string(),
+            opt_status(d.last_status),
+            time(d.created_at),
+            d.last_error
+                .as_deref()
+                .map(|e| short(e, 50))
+                .unwrap_or_default(),
+        ]);
+    }
+    print(t);
+    if let Some(c) = next_cursor {
+        eprintln!("more: --cursor {c}");
+    }
+}
+
+/// One delivery, field by field, then its attempt log.
+pub fn delivery(d: &DeliveryView) {
+    let mut t = table(&["FIELD", "VALUE"]);
+    let mut row = |k: &str, v: String| {
+        t.add_row(vec![k.to_owned(), v]);
+    };
+    row("id", d.id.to_string());
+    row("job", d.job_id.to_string());
+    row("for", delivery_target(d));
+    row("event", event_name(d.event).to_owned());
+    row("url", d.url.clone());
+    row("state", d.state.as_str().to_owned());
+    row("attempts", d.attempts.to_string());
+    row("created_at", time(d.created_at));
+    if let Some(next) = d.next_attempt_at {
+        row("next_attempt_at", time(next));
+    }
+    if let Some(at) = d.delivered_at {
+        row("delivered_at", time(at));
+    }
+    row("last_status", opt_status(d.last_status));
+    if let Some(e) = &d.last_error {
+        row("last_error", short(e, 200));
+    }
+    print(t);
+    // Only `GET /v1/deliveries/{id}` carries the log; a retry's answer does not.
+    match d.log.as_deref() {
+        Some([]) => println!("\nNo attempts yet."),
+        Some(log) => {
+            println!();
+            attempts(log);
+        }
+        None => {}
+    }
+}
+
+/// A delivery's attempt log, oldest first.
+fn attempts(log: &[DeliveryAttemptView]) {
+    let mut t = table(&["ATTEMPT", "AT", "STATUS", "LATENCY", "ERROR", "RESPONSE"]);
+    for a in log {
+        t.add_row(vec![
+            a.attempt.to_string(),
+            time(a.at),
+            opt_status(a.status),
+            format!("{} ms", a.latency_ms),
+            a.error.as_deref().map(|e| short(e, 60)).unwrap_or_default(),
+            a.response
+                .as_deref()
+                .map(|r| short(r, 40))
+                .unwrap_or_default(),
+        ]);
+    }
+    print(t);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -271,5 +459,20 @@ mod tests {
         assert_eq!(age(1_500), "1.5s");
         assert_eq!(age(61_000), "1m1s");
         assert_eq!(age(90_000_000), "1d1h");
+    }
+
+    #[test]
+    fn event_names_are_the_wire_names() {
+        for e in [
+            WebhookEvent::JobCompleted,
+            WebhookEvent::JobDead,
+            WebhookEvent::JobCancelled,
+            WebhookEvent::JobRetrying,
+        ] {
+            assert_eq!(
+                serde_json::to_value(e).unwrap(),
+                Value::String(event_name(e).to_owned())
+            );
+        }
     }
 }

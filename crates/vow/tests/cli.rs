@@ -9,6 +9,10 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use vow_core::api::{
+    CallbackSecretView, CompleteRequest, DeliveryView, LeaseRequest, Page, WebhookEvent,
+    WebhookView,
+};
 
 const VOW: &str = env!("CARGO_BIN_EXE_vow");
 
@@ -30,6 +34,7 @@ impl Server {
             .env_remove("VOW_ROOT_KEY")
             .env_remove("VOW_STORE")
             .env_remove("VOW_CONFIG")
+            .env_remove("VOW_WEBHOOK_ALLOW_CIDRS")
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
@@ -125,6 +130,38 @@ impl Server {
             .spawn()
             .expect("start vow worker")
     }
+}
+
+/// The last line of a command's stdout (where a once-shown secret is printed).
+fn last_line(out: &str) -> &str {
+    out.lines().last().unwrap_or_default()
+}
+
+/// Leases `job_id` from `queue` and completes it through the HTTP API (with the Rust
+/// client), as a worker in any language would.
+fn complete_through_the_api(s: &Server, queue: &str, job_id: &str) {
+    let key = std::fs::read_to_string(s.data_dir().join("default-admin.key")).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let c = vow_client::Client::new(&s.url, key.trim()).unwrap();
+        let req = LeaseRequest {
+            worker_id: "cli-test".into(),
+            max_jobs: Some(1),
+            wait_ms: Some(5_000),
+            lease_ms: None,
+        };
+        let leased = c.lease(queue, &req).await.unwrap().jobs;
+        assert_eq!(leased.len(), 1, "nothing to lease in {queue}");
+        assert_eq!(leased[0].id.as_str(), job_id);
+        let done = CompleteRequest {
+            lease_id: leased[0].lease_id.clone(),
+            result: None,
+        };
+        c.complete(&leased[0].id, &done).await.unwrap();
+    });
 }
 
 impl Drop for Server {
@@ -366,4 +403,197 @@ fn tenants_and_keys_with_the_root_key() {
     s.json(&["keys", "revoke", &key_id]);
     let out = s.run(&["--api-key", &key, "enqueue", "acme-q", "{}"]);
     assert_eq!(out.status.code(), Some(1));
+}
+
+#[test]
+fn webhook_subscriptions_print_their_secret_once() {
+    let s = Server::start();
+    let out = s.run(&[
+        "webhooks",
+        "create",
+        "https://hooks.example.com/vow",
+        "--event",
+        "job.completed",
+        "--event",
+        "job.dead",
+        "--queue",
+        "billing",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let secret = last_line(&stdout).to_owned();
+    assert!(secret.starts_with("whsec_"), "{stdout}");
+    assert_eq!(stdout.matches(&secret).count(), 1, "{stdout}");
+    assert!(stderr.contains("shown this once"), "{stderr}");
+    assert!(stdout.contains("job.completed, job.dead") && stdout.contains("billing"));
+
+    // --json: the API's WebhookView, secret included.
+    let created: WebhookView = serde_json::from_value(s.json(&[
+        "webhooks",
+        "create",
+        "https://hooks.example.com/other",
+        "--event",
+        "job.cancelled",
+    ]))
+    .unwrap();
+    let other_secret = created.secret.clone().unwrap();
+    assert!(other_secret.starts_with("whsec_"));
+    assert_eq!(created.events, [WebhookEvent::JobCancelled]);
+    assert_eq!(created.queues, None);
+    let id = created.id.to_string();
+
+    // Lists and reads never show a secret; `vow webhooks` lists.
+    let table = s.ok(&["webhooks"]);
+    assert!(
+        table.contains(&id) && table.contains("hooks.example.com/vow"),
+        "{table}"
+    );
+    assert!(!table.contains("whsec_"), "{table}");
+    let listed: Vec<WebhookView> = serde_json::from_value(s.json(&["webhooks", "list"])).unwrap();
+    assert_eq!(listed.len(), 2);
+    assert!(listed.iter().all(|w| w.secret.is_none()));
+    let got = s.json(&["webhooks", "get", &id]);
+    assert!(got.get("secret").is_none(), "{got}");
+    assert_eq!(got["url"], "https://hooks.example.com/other");
+    let table = s.ok(&["webhooks", "get", &id]);
+    assert!(
+        table.contains("job.cancelled") && !table.contains("whsec_"),
+        "{table}"
+    );
+
+    // A rotation prints the new secret once; the old one signs for a grace period.
+    let out = s.run(&["webhooks", "rotate-secret", &id]);
+    assert!(out.status.success(), "{out:?}");
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let rotated = last_line(&stdout);
+    assert!(
+        rotated.starts_with("whsec_") && rotated != other_secret,
+        "{stdout}"
+    );
+    assert!(stdout.contains("previous_secret_valid_until"), "{stdout}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("shown this once"));
+
+    // No notices yet: an empty page.
+    let page: Page<DeliveryView> =
+        serde_json::from_value(s.json(&["webhooks", "deliveries", &id, "--limit", "10"])).unwrap();
+    assert!(page.items.is_empty() && page.next_cursor.is_none());
+
+    // Deleted: gone from get (exit 1 with the problem's code) and from the list.
+    let out = s.ok(&["webhooks", "delete", &id]);
+    assert!(out.contains(&id), "{out}");
+    let out = s.run(&["webhooks", "get", &id]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("not_found") && err.contains("webhook"),
+        "{err}"
+    );
+    let out = s.run(&["webhooks", "delete", &id]);
+    assert_eq!(out.status.code(), Some(1), "deleting twice is a 404");
+    assert_eq!(s.json(&["webhooks"]).as_array().unwrap().len(), 1);
+}
+
+#[test]
+fn a_refused_callback_is_dead_logged_and_can_be_retried() {
+    let s = Server::start();
+    // Without VOW_WEBHOOK_ALLOW_CIDRS the SSRF guard refuses loopback targets.
+    let job = s.json(&[
+        "enqueue",
+        "cb",
+        "{}",
+        "--callback-url",
+        "http://127.0.0.1:9/x",
+    ]);
+    let job_id = job["id"].as_str().unwrap().to_owned();
+    assert!(s
+        .json(&["deliveries", "job", &job_id])
+        .as_array()
+        .unwrap()
+        .is_empty());
+    complete_through_the_api(&s, "cb", &job_id);
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let dead = loop {
+        let items: Vec<DeliveryView> =
+            serde_json::from_value(s.json(&["deliveries", "job", &job_id])).unwrap();
+        if let Some(d) = items.into_iter().find(|d| d.state.as_str() == "dead") {
+            break d;
+        }
+        assert!(Instant::now() < deadline, "no dead delivery within 10 s");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let error = dead.last_error.clone().unwrap();
+    assert!(error.contains("SSRF guard"), "{error}");
+    assert_eq!(dead.webhook_id, None, "the job's own callback_url");
+    assert_eq!(dead.event, WebhookEvent::JobCompleted);
+    let msg = dead.id.to_string();
+    assert!(msg.starts_with("msg_"), "{msg}");
+
+    // The table lists it as dead, for the job's callback_url.
+    let table = s.ok(&["deliveries", "job", &job_id]);
+    assert!(
+        table.contains(&msg)
+            && table.contains("dead")
+            && table.contains("callback_url")
+            && table.contains("SSRF guard"),
+        "{table}"
+    );
+
+    // Its attempt log: one attempt, no status, the refusal as the error.
+    let got: DeliveryView = serde_json::from_value(s.json(&["deliveries", "get", &msg])).unwrap();
+    let log = got.log.unwrap();
+    assert_eq!(log.len(), 1);
+    assert_eq!(log[0].attempt, 1);
+    assert_eq!(log[0].status, None);
+    assert!(log[0].error.as_deref().unwrap().contains("SSRF guard"));
+    let table = s.ok(&["deliveries", "get", &msg]);
+    assert!(
+        table.contains("ATTEMPT")
+            && table.contains("LATENCY")
+            && table.contains("http://127.0.0.1:9/x")
+            && table.contains("SSRF guard"),
+        "{table}"
+    );
+
+    // A retry makes it pending again; it is sent again (and refused again).
+    let retried: DeliveryView =
+        serde_json::from_value(s.json(&["deliveries", "retry", &msg])).unwrap();
+    assert_eq!(retried.state.as_str(), "pending");
+    assert_eq!(retried.id, dead.id, "a replay keeps its webhook-id");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let d: DeliveryView = serde_json::from_value(s.json(&["deliveries", "get", &msg])).unwrap();
+        if d.state.as_str() == "dead" && d.log.as_ref().is_some_and(|l| l.len() == 2) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the replay was not sent: {d:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    let out = s.run(&["deliveries", "get", "msg_01JD0000000000000000000000"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not_found"));
+}
+
+#[test]
+fn the_callback_secret_is_printed_once_with_the_old_ones_grace() {
+    let s = Server::start();
+    let out = s.run(&["callback-secret", "rotate"]);
+    assert!(out.status.success(), "{out:?}");
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let first = last_line(&stdout).to_owned();
+    assert!(first.starts_with("whsec_"), "{stdout}");
+    assert!(stdout.contains("no previous callback secret"), "{stdout}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("shown this once"));
+
+    let out = s.ok(&["callback-secret", "rotate"]);
+    let second = last_line(&out);
+    assert!(second.starts_with("whsec_") && second != first, "{out}");
+    assert!(out.contains("keeps signing"), "{out}");
+
+    let v: CallbackSecretView =
+        serde_json::from_value(s.json(&["callback-secret", "rotate"])).unwrap();
+    assert!(v.secret.starts_with("whsec_"));
+    assert!(v.previous_secret_valid_until.is_some());
 }
