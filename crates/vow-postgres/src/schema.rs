@@ -20,7 +20,10 @@ use std::time::Duration;
 use tokio_postgres::Client;
 
 /// `(version, sql)` in order.
-pub const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../migrations/0001_init.sql"))];
+pub const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("../migrations/0001_init.sql")),
+    (3, include_str!("../migrations/0003_retention.sql")),
+];
 
 /// First line of a migration that must run outside a transaction.
 pub(crate) const NO_TRANSACTION: &str = "-- vow:no-transaction";
@@ -173,5 +176,8 @@ mod tests {
                 "CREATE INDEX y\n    ON t (a)".to_owned()
             ]
         );
+        let retention = MIGRATIONS.iter().find(|m| m.0 == 3).unwrap().1;
+        assert!(retention.starts_with(NO_TRANSACTION));
+        assert_eq!(statements(retention).len(), 2);
     }
 }

@@ -7,7 +7,10 @@
 use rusqlite::{Connection, OptionalExtension};
 
 /// `(version, sql)` in order. Never edit a shipped migration; add a new one.
-pub const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../migrations/0001_init.sql"))];
+pub const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("../migrations/0001_init.sql")),
+    (3, include_str!("../migrations/0003_retention.sql")),
+];
 
 pub(crate) fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
     conn.execute_batch(
