@@ -1,5 +1,5 @@
 //! vow's HTTP server: the API v1 resources, the services behind them, authentication,
-//! and the background chores (promoter, reaper).
+//! and the background chores (promoter, reaper, pruner).
 //!
 //! [`serve`] runs a server until SIGTERM/SIGINT; [`App::spawn`] starts one in-process
 //! (tests, benchmarks) and returns its address and a handle to stop it.
@@ -58,6 +58,8 @@ pub struct AppInner {
     pub root_key_hash: Option<String>,
     /// Cancelled when the server begins shutting down.
     pub shutdown: CancellationToken,
+    /// Retention of finished jobs (the pruner's settings).
+    pub retention: config::Retention,
 }
 
 impl Deref for App {
@@ -125,7 +127,21 @@ impl App {
             keys: auth::KeyCache::default(),
             root_key_hash: root_key.map(hash_key),
             shutdown: CancellationToken::new(),
+            retention: config::Retention::default(),
         }))
+    }
+
+    /// This state with `retention` instead of the default. Call it on the value
+    /// [`App::new`] returned, before cloning it.
+    ///
+    /// # Panics
+    ///
+    /// When the app has already been cloned (a programming error).
+    pub fn with_retention(mut self, retention: config::Retention) -> Self {
+        Arc::get_mut(&mut self.0)
+            .expect("with_retention is called before the app is shared")
+            .retention = retention;
+        self
     }
 
     /// The HTTP routes.
@@ -176,6 +192,7 @@ impl App {
         let chores = vec![
             tokio::spawn(chores::Promoter::run(self.clone())),
             tokio::spawn(chores::Reaper::run(self.clone())),
+            tokio::spawn(chores::Pruner::run(self.clone())),
         ];
         let token = self.shutdown.clone();
         let router = self.router();
@@ -243,7 +260,8 @@ pub async fn serve(config: ServerConfig) -> anyhow::Result<()> {
         Arc::new(SystemClock),
         config.limits.clone(),
         config.root_key.as_deref(),
-    );
+    )
+    .with_retention(config.retention.clone());
     let boot = bootstrap::bootstrap(&app, &config.data_dir, config.root_key.is_some()).await?;
     for f in &boot.files {
         tracing::info!(file = %f.display(), "first start: wrote a key (mode 0600); it is shown only there");

@@ -5,9 +5,11 @@
 
 mod leader;
 mod promoter;
+mod pruner;
 mod reaper;
 
 pub use promoter::Promoter;
+pub use pruner::Pruner;
 pub use reaper::Reaper;
 
 use std::time::Duration;

@@ -7,7 +7,8 @@ use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
 use vow_core::api::*;
-use vow_core::SystemClock;
+use vow_core::{Clock, SystemClock};
+use vow_server::config::Retention;
 use vow_server::{App, Running};
 
 pub struct TestApp {
@@ -22,14 +23,15 @@ pub struct TestApp {
 
 impl TestApp {
     pub async fn spawn() -> Self {
+        Self::spawn_with(Arc::new(SystemClock), Retention::default()).await
+    }
+
+    /// A server reading `clock`, pruning finished jobs by `retention`.
+    pub async fn spawn_with(clock: Arc<dyn Clock>, retention: Retention) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let store = vow_sqlite::SqliteStore::open(dir.path().join("vow.db")).unwrap();
-        let app = App::new(
-            Arc::new(store),
-            Arc::new(SystemClock),
-            Default::default(),
-            None,
-        );
+        let app =
+            App::new(Arc::new(store), clock, Default::default(), None).with_retention(retention);
         let boot = vow_server::bootstrap::bootstrap(&app, dir.path(), false)
             .await
             .unwrap();

@@ -9,4 +9,5 @@ mod exclusivity;
 mod jobs;
 mod openapi;
 mod queues;
+mod retention;
 mod worker;
