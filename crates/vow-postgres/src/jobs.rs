@@ -291,8 +291,11 @@ pub(crate) async fn insert_many(
     if !keys.is_empty() {
         for r in query(
             tx,
+            // KEY SHARE: the pruner cannot delete a job whose key this enqueue relies
+            // on before it commits (it skips it); one it deleted first is not seen.
             "SELECT idempotency_key, id, request_hash FROM jobs \
-             WHERE tenant_id = $1 AND queue = $2 AND idempotency_key = ANY($3::text[])",
+             WHERE tenant_id = $1 AND queue = $2 AND idempotency_key = ANY($3::text[]) \
+             FOR KEY SHARE",
             &[&tenant, &queue, &keys],
         )
         .await?
@@ -616,6 +619,35 @@ pub(crate) async fn reap_expired(
         changed,
         next_at: next_expiry(tx).await?,
     })
+}
+
+/// Deletes at most `p.limit` finished jobs past their state's cut-off, oldest first, with
+/// their events: per state one statement that locks the batch with `SKIP LOCKED` (so it
+/// never waits for, nor makes wait, anything but its own rows) and deletes it. The
+/// state and the batch size are literals, so every batch is planned with them: a range
+/// scan of the `jobs_finished` index, and index lookups of the events.
+pub(crate) async fn prune(tx: &impl GenericClient, p: &JobPrune) -> StoreResult<Pruned> {
+    let mut out = Pruned::default();
+    for (state, before) in p.cutoffs() {
+        let left = p.limit.saturating_sub(out.jobs);
+        if left == 0 {
+            break;
+        }
+        let sql = format!(
+            "WITH doomed AS ( \
+               SELECT id FROM jobs WHERE state = '{state}' AND finished_at < $1 \
+               ORDER BY finished_at LIMIT {left} FOR UPDATE SKIP LOCKED), \
+             ev AS (DELETE FROM job_events WHERE job_id IN (SELECT id FROM doomed) RETURNING 1), \
+             gone AS (DELETE FROM jobs WHERE id IN (SELECT id FROM doomed) RETURNING 1) \
+             SELECT (SELECT count(*) FROM gone), (SELECT count(*) FROM ev)",
+            state = state.as_str(),
+        );
+        // Not through the statement cache: `left` varies, and this runs once a minute.
+        let row = tx.query_one(&sql, &[&before.0]).await.map_err(pg_err)?;
+        out.jobs += row.get::<_, i64>(0) as usize;
+        out.events += row.get::<_, i64>(1) as usize;
+    }
+    Ok(out)
 }
 
 async fn min_time(c: &impl GenericClient, sql: &str) -> StoreResult<Option<Timestamp>> {

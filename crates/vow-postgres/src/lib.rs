@@ -436,6 +436,9 @@ impl Store for PgStore {
             }),
         }
     }
+    async fn job_prune(&self, p: &JobPrune) -> StoreResult<Pruned> {
+        write_tx!(self, |tx, _fx| jobs::prune(tx, p).await)
+    }
     async fn job_reap_expired(&self, now: Timestamp) -> StoreResult<Sweep> {
         let next = self
             .with(|c| async move { jobs::next_expiry(&c).await })

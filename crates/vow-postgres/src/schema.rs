@@ -8,6 +8,14 @@
 //! never reads). Ship code that works with both the old and the new shape; only a later
 //! release, once no node of the old version runs, may drop or rename what is no longer
 //! used. Never edit a shipped migration; add a new file with the next number.
+//!
+//! A migration whose first line is [`NO_TRANSACTION`] runs outside a transaction, one
+//! statement at a time (statements end with `;`; comments are whole `--` lines): that is
+//! how `CREATE INDEX CONCURRENTLY` runs, without a lock that blocks writes and without
+//! the statement timeout. Write such a migration so it can run again from the start
+//! (it is recorded only once all its statements succeeded).
+
+use std::time::Duration;
 
 use tokio_postgres::Client;
 
@@ -15,16 +23,38 @@ use tokio_postgres::Client;
 pub const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../migrations/0001_init.sql")),
     (2, include_str!("../migrations/0002_webhooks.sql")),
+    (3, include_str!("../migrations/0003_retention.sql")),
 ];
+
+/// First line of a migration that must run outside a transaction.
+pub(crate) const NO_TRANSACTION: &str = "-- vow:no-transaction";
 
 /// Key of the advisory lock that serialises migrations across nodes ("vow-migr").
 const MIGRATION_LOCK: i64 = 0x766f_772d_6d69_6772;
 
-/// Applies every pending migration, each in its own transaction, under the advisory lock.
+/// How often a node that waits for another node's migrations tries the lock again.
+const LOCK_POLL: Duration = Duration::from_millis(200);
+
+/// Applies every pending migration, each in its own transaction (or, if marked, outside
+/// any), under the advisory lock.
 pub(crate) async fn migrate(client: &mut Client) -> Result<(), tokio_postgres::Error> {
-    client
-        .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
-        .await?;
+    // Try, then sleep, rather than wait inside `pg_advisory_lock`: a waiting statement
+    // holds a snapshot, which `CREATE INDEX CONCURRENTLY` on the holder's side would
+    // wait for (a deadlock), and it would run into the statement timeout.
+    let mut waited = false;
+    loop {
+        let row = client
+            .query_one("SELECT pg_try_advisory_lock($1)", &[&MIGRATION_LOCK])
+            .await?;
+        if row.get::<_, bool>(0) {
+            break;
+        }
+        if !waited {
+            tracing::info!("another node is applying migrations; waiting for it");
+            waited = true;
+        }
+        tokio::time::sleep(LOCK_POLL).await;
+    }
     let out = apply_pending(client).await;
     // Release even when a migration failed; a dropped connection releases it too.
     let unlock = client
@@ -44,6 +74,10 @@ async fn apply_pending(client: &mut Client) -> Result<(), tokio_postgres::Error>
         )
         .await?;
     for (version, sql) in MIGRATIONS {
+        if sql.starts_with(NO_TRANSACTION) {
+            apply_outside_transaction(client, *version, sql).await?;
+            continue;
+        }
         let tx = client.transaction().await?;
         let done = tx
             .query_opt(
@@ -65,6 +99,56 @@ async fn apply_pending(client: &mut Client) -> Result<(), tokio_postgres::Error>
     Ok(())
 }
 
+/// Applies a [`NO_TRANSACTION`] migration, statement by statement, unless recorded.
+async fn apply_outside_transaction(
+    client: &Client,
+    version: i64,
+    sql: &str,
+) -> Result<(), tokio_postgres::Error> {
+    let done = client
+        .query_opt(
+            "SELECT version FROM vow_schema_migrations WHERE version = $1",
+            &[&version],
+        )
+        .await?;
+    if done.is_some() {
+        return Ok(());
+    }
+    // An index built concurrently on a big table takes as long as it takes; it blocks
+    // no reads or writes meanwhile.
+    client
+        .batch_execute("SET statement_timeout = 0; SET lock_timeout = 0")
+        .await?;
+    for statement in statements(sql) {
+        client.batch_execute(&statement).await?;
+    }
+    client
+        .batch_execute("RESET statement_timeout; RESET lock_timeout")
+        .await?;
+    client
+        .execute(
+            "INSERT INTO vow_schema_migrations (version) VALUES ($1)",
+            &[&version],
+        )
+        .await?;
+    tracing::info!(version, "applied migration (outside a transaction)");
+    Ok(())
+}
+
+/// The statements of a migration: whole-line `--` comments dropped, split at `;`.
+fn statements(sql: &str) -> Vec<String> {
+    let code: String = sql
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("--"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    code.split(';')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
 /// Fails unless every migration this binary knows is applied.
 pub(crate) async fn check(client: &Client) -> Result<(), String> {
     let row = client
@@ -77,4 +161,24 @@ pub(crate) async fn check(client: &Client) -> Result<(), String> {
         return Err(format!("schema at {max:?}, binary needs {want:?}"));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_no_transaction_migration_splits_into_its_statements() {
+        let sql = "-- vow:no-transaction\n-- a comment; with a semicolon\nDROP INDEX x;\nCREATE INDEX y\n    ON t (a);\n";
+        assert_eq!(
+            statements(sql),
+            vec![
+                "DROP INDEX x".to_owned(),
+                "CREATE INDEX y\n    ON t (a)".to_owned()
+            ]
+        );
+        let retention = MIGRATIONS.iter().find(|m| m.0 == 3).unwrap().1;
+        assert!(retention.starts_with(NO_TRANSACTION));
+        assert_eq!(statements(retention).len(), 2);
+    }
 }

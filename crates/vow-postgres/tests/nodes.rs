@@ -190,3 +190,22 @@ async fn an_outage_is_unavailable_not_a_hang_and_the_nodes_recover() {
     // The listener reconnected by itself: cross-node wake-ups work again.
     until_listening(&b, &a, &t).await;
 }
+
+/// Nodes that start together on an empty database all come up: one applies the
+/// migrations (the retention index is built `CONCURRENTLY`, outside a transaction)
+/// while the others wait for it without holding a snapshot it would wait for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_starting_together_all_apply_or_wait_for_the_migrations() {
+    let db = tokio::task::spawn_blocking(|| Cluster::shared().database())
+        .await
+        .unwrap();
+    let nodes = futures::future::join_all((0..4).map(|_| {
+        let url = format!("{}?pool_size=2&statement_timeout_ms=5000", db.url);
+        async move { PgStore::connect(&url).await }
+    }))
+    .await;
+    for n in nodes {
+        let n = n.expect("every node starts");
+        n.ready().await.expect("and finds the schema current");
+    }
+}

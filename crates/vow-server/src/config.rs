@@ -24,6 +24,8 @@ pub struct ServerConfig {
     pub limits: Limits,
     /// How long to wait for in-flight requests after SIGTERM/SIGINT before exiting.
     pub shutdown_grace_ms: u64,
+    /// How long finished jobs are kept, and how often they are pruned.
+    pub retention: Retention,
     /// Plaintext root key to accept instead of (or besides) the stored one.
     #[serde(skip)]
     pub root_key: Option<String>,
@@ -81,9 +83,36 @@ impl Default for ServerConfig {
             store: None,
             limits: Limits::default(),
             shutdown_grace_ms: 30_000,
+            retention: Retention::default(),
             root_key: None,
             webhook_allow_cidrs: Vec::new(),
             webhooks: WebhookSettings::default(),
+        }
+    }
+}
+
+/// Retention of finished jobs: how long after it finished a job (with its events and
+/// idempotency key) is deleted, per terminal state; `0` keeps that state forever.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Retention {
+    /// How long `completed` jobs are kept, in milliseconds (`0`: forever).
+    pub completed_ms: u64,
+    /// How long `cancelled` jobs are kept, in milliseconds (`0`: forever).
+    pub cancelled_ms: u64,
+    /// How long `dead` jobs are kept, in milliseconds (`0`: forever).
+    pub dead_ms: u64,
+    /// How often the pruner looks for jobs past their retention (`0`: never prune).
+    pub interval_ms: u64,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Self {
+            completed_ms: 24 * 3_600_000,
+            cancelled_ms: 24 * 3_600_000,
+            dead_ms: 7 * 24 * 3_600_000,
+            interval_ms: 60_000,
         }
     }
 }
@@ -103,14 +132,16 @@ mod tests {
                 &parsed.data_dir,
                 &parsed.store,
                 &parsed.limits,
-                parsed.shutdown_grace_ms
+                parsed.shutdown_grace_ms,
+                &parsed.retention
             ),
             (
                 d.listen,
                 &d.data_dir,
                 &d.store,
                 &d.limits,
-                d.shutdown_grace_ms
+                d.shutdown_grace_ms,
+                &d.retention
             )
         );
         assert_eq!(
@@ -132,11 +163,28 @@ mod tests {
             }
         };
         spelled("limits", serde_json::to_value(Limits::default()).unwrap());
+        spelled(
+            "retention",
+            serde_json::to_value(Retention::default()).unwrap(),
+        );
         spelled("webhooks", serde_json::to_value(&d.webhooks).unwrap());
         spelled(
             "webhooks.breaker",
             serde_json::to_value(d.webhooks.breaker).unwrap(),
         );
         assert!(table.contains_key("webhook_allow_cidrs"));
+    }
+
+    #[test]
+    fn retention_is_read_from_its_table_and_rejects_typos() {
+        let cfg: ServerConfig =
+            toml::from_str("[retention]\ncompleted_ms = 0\ninterval_ms = 5\n").unwrap();
+        let want = Retention {
+            completed_ms: 0,
+            interval_ms: 5,
+            ..Retention::default()
+        };
+        assert_eq!(cfg.retention, want);
+        assert!(toml::from_str::<ServerConfig>("[retention]\ncompleted = 1\n").is_err());
     }
 }

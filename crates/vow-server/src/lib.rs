@@ -1,5 +1,5 @@
 //! vow's HTTP server: the API v1 resources, the services behind them, authentication,
-//! and the background chores (promoter, reaper).
+//! and the background chores (promoter, reaper, pruner).
 //!
 //! [`serve`] runs a server until SIGTERM/SIGINT; [`App::spawn`] starts one in-process
 //! (tests, benchmarks) and returns its address and a handle to stop it.
@@ -64,6 +64,8 @@ pub struct AppInner {
     pub webhooks: config::WebhookSettings,
     /// Sends completion notices (with the SSRF guard).
     pub outbound: outbound::Outbound,
+    /// Retention of finished jobs (the pruner's settings).
+    pub retention: config::Retention,
 }
 
 impl Deref for App {
@@ -137,6 +139,7 @@ impl App {
                 Duration::from_millis(config::WebhookSettings::default().timeout_ms),
             )
             .expect("an HTTP client with default settings builds"),
+            retention: config::Retention::default(),
         }))
     }
 
@@ -153,6 +156,19 @@ impl App {
         inner.webhooks = settings;
         inner.outbound = outbound;
         Ok(self)
+    }
+
+    /// This state with `retention` instead of the default. Call it on the value
+    /// [`App::new`] returned, before cloning it.
+    ///
+    /// # Panics
+    ///
+    /// When the app has already been cloned (a programming error).
+    pub fn with_retention(mut self, retention: config::Retention) -> Self {
+        Arc::get_mut(&mut self.0)
+            .expect("with_retention is called before the app is shared")
+            .retention = retention;
+        self
     }
 
     /// The HTTP routes.
@@ -218,6 +234,7 @@ impl App {
             tokio::spawn(chores::Promoter::run(self.clone())),
             tokio::spawn(chores::Reaper::run(self.clone())),
             tokio::spawn(chores::Dispatcher::run(self.clone())),
+            tokio::spawn(chores::Pruner::run(self.clone())),
         ];
         let token = self.shutdown.clone();
         let router = self.router();
@@ -286,6 +303,7 @@ pub async fn serve(config: ServerConfig) -> anyhow::Result<()> {
         config.limits.clone(),
         config.root_key.as_deref(),
     )
+    .with_retention(config.retention.clone())
     .with_webhooks(
         config.webhooks.clone(),
         config

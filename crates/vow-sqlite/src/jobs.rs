@@ -304,6 +304,42 @@ pub(crate) fn reap_expired(c: &Connection, fx: &mut Effects, now: Timestamp) -> 
     )
 }
 
+/// Deletes at most `p.limit` finished jobs past their state's cut-off, oldest first, and
+/// their events. Runs on the writer inside the group commit, so the batch stays small;
+/// the `jobs_finished` index makes finding them a range scan.
+pub(crate) fn prune(c: &Connection, p: &JobPrune) -> StoreResult<Pruned> {
+    let mut pick = c
+        .prepare_cached(
+            "SELECT seq, id FROM jobs WHERE state = ?1 AND finished_at < ?2 \
+             ORDER BY finished_at LIMIT ?3",
+        )
+        .map_err(internal)?;
+    let mut del_events = c
+        .prepare_cached("DELETE FROM job_events WHERE job_id = ?1")
+        .map_err(internal)?;
+    let mut del_job = c
+        .prepare_cached("DELETE FROM jobs WHERE seq = ?1")
+        .map_err(internal)?;
+    let mut out = Pruned::default();
+    for (state, before) in p.cutoffs() {
+        let left = p.limit.saturating_sub(out.jobs);
+        if left == 0 {
+            break;
+        }
+        let doomed: Vec<(i64, String)> = pick
+            .query_map(params![state.as_str(), before.0, left as i64], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .and_then(|rows| rows.collect())
+            .map_err(internal)?;
+        for (seq, id) in doomed {
+            out.events += del_events.execute([&id]).map_err(internal)?;
+            out.jobs += del_job.execute([seq]).map_err(internal)?;
+        }
+    }
+    Ok(out)
+}
+
 fn min_time(c: &Connection, sql: &str) -> StoreResult<Option<Timestamp>> {
     c.prepare_cached(sql)
         .and_then(|mut s| s.query_row([], |r| r.get::<_, Option<i64>>(0)))

@@ -354,6 +354,10 @@ impl Store for SqliteStore {
             }),
         }
     }
+    async fn job_prune(&self, p: &JobPrune) -> StoreResult<Pruned> {
+        let p = p.clone();
+        self.write(move |c, _| jobs::prune(c, &p)).await
+    }
     async fn job_reap_expired(&self, now: Timestamp) -> StoreResult<Sweep> {
         let next = self.read(jobs::next_expiry).await?;
         match next {

@@ -10,6 +10,7 @@ use rusqlite::{Connection, OptionalExtension};
 pub const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../migrations/0001_init.sql")),
     (2, include_str!("../migrations/0002_webhooks.sql")),
+    (3, include_str!("../migrations/0003_retention.sql")),
 ];
 
 pub(crate) fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {

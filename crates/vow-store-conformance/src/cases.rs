@@ -396,6 +396,219 @@ pub async fn reaper_expires_leases(store: DynStore) {
     assert_eq!((j.state, j.attempt), (JobState::Dead, 2));
 }
 
+/// How a job of [`finished`] ends.
+#[derive(Clone, Copy)]
+enum End {
+    Complete,
+    Cancel,
+    Die,
+}
+
+/// A job of `queue` (which must have no other available job) that ended at `at`.
+async fn finished(
+    store: &DynStore,
+    t: &vow_core::TenantId,
+    queue: &str,
+    end: End,
+    at: Timestamp,
+) -> JobId {
+    let job = insert_one(store, t, queue, at).await;
+    match end {
+        End::Cancel => {
+            store
+                .job_cancel(&JobCancel {
+                    tenant_id: t.clone(),
+                    id: job.id.clone(),
+                    now: at,
+                })
+                .await
+                .unwrap();
+        }
+        End::Complete | End::Die => {
+            let l = lease(store, t, queue, 1, None, at).await.remove(0);
+            assert_eq!(l.id, job.id);
+            let lease_id = l.lease_id.as_ref().unwrap();
+            let item = match end {
+                End::Complete => complete(&job.id, lease_id),
+                _ => fail(&job.id, lease_id, false, None),
+            };
+            ack(store, t, item, at).await.unwrap();
+        }
+    }
+    job.id
+}
+
+/// Pruning deletes, in bounded batches, only finished jobs older than their state's
+/// cut-off (all tenants), with their events and idempotency keys.
+pub async fn prune_finished_jobs(store: DynStore) {
+    let a = tenant(&store, "a").await;
+    let b = tenant(&store, "b").await;
+    let old = T0.plus_ms(1_000);
+    let recent = T0.plus_ms(5_000);
+    let done_old = finished(&store, &a, "q", End::Complete, old).await;
+    let done_recent = finished(&store, &a, "q", End::Complete, recent).await;
+    let cancelled_old = finished(&store, &a, "q", End::Cancel, old).await;
+    let dead_old = finished(&store, &a, "q", End::Die, old).await;
+    let other_old = finished(&store, &b, "q", End::Complete, old).await;
+    let other_recent = finished(&store, &b, "q", End::Complete, recent).await;
+    // Pending and running jobs, created long ago; and a dead job replayed since.
+    let waiting = insert_one(&store, &a, "idle", T0).await.id;
+    let scheduled = insert(
+        &store,
+        &a,
+        "idle",
+        vec![json!({ "payload": 1, "delay_ms": 3_600_000 })],
+        T0,
+    )
+    .await
+    .remove(0)
+    .job
+    .id;
+    let running = insert_one(&store, &a, "busy", T0).await.id;
+    lease(&store, &a, "busy", 1, None, T0).await;
+    let replayed = finished(&store, &a, "again", End::Die, T0).await;
+    store
+        .job_retry(&JobRetry {
+            tenant_id: a.clone(),
+            id: replayed.clone(),
+            now: T0,
+        })
+        .await
+        .unwrap();
+
+    let exists = |t: &vow_core::TenantId, id: &JobId| {
+        let (store, t, id) = (store.clone(), t.clone(), id.clone());
+        async move { store.job_get(&t, &id).await.unwrap().is_some() }
+    };
+    let events = |t: &vow_core::TenantId, id: &JobId| {
+        let (store, t, id) = (store.clone(), t.clone(), id.clone());
+        async move { store.job_event_list(&t, &id).await.unwrap().len() }
+    };
+    let prune = |completed, cancelled, dead, limit| {
+        let store = store.clone();
+        let p = JobPrune {
+            completed_before: completed,
+            cancelled_before: cancelled,
+            dead_before: dead,
+            limit,
+        };
+        async move { store.job_prune(&p).await.unwrap() }
+    };
+
+    // Nothing is older than a cut-off at the moment the old jobs finished.
+    assert_eq!(
+        prune(Some(old), Some(old), Some(old), 100).await,
+        Pruned::default()
+    );
+
+    // Completed jobs before T0+2s go (every tenant's); cancelled ones are kept forever;
+    // dead ones only before T0+0.5s, which the dead job is not.
+    let want_events = events(&a, &done_old).await + events(&b, &other_old).await;
+    assert_eq!(want_events, 6, "enqueued, leased, completed each");
+    let cut = T0.plus_ms(2_000);
+    let n = prune(Some(cut), None, Some(T0.plus_ms(500)), 100).await;
+    assert_eq!(
+        n,
+        Pruned {
+            jobs: 2,
+            events: want_events
+        }
+    );
+    assert!(!exists(&a, &done_old).await && !exists(&b, &other_old).await);
+    assert_eq!(events(&a, &done_old).await, 0, "its events went too");
+    let replay = store
+        .job_event_list_since(&JobEventListSince {
+            tenant_id: a.clone(),
+            after: 0,
+            queue: None,
+            job_id: None,
+            limit: 1_000,
+        })
+        .await
+        .unwrap();
+    assert!(replay.iter().all(|e| e.job_id != done_old));
+    for (t, id) in [
+        (&a, &done_recent),
+        (&a, &cancelled_old),
+        (&a, &dead_old),
+        (&b, &other_recent),
+    ] {
+        assert!(exists(t, id).await, "{id} stays");
+        assert!(events(t, id).await > 0, "{id} keeps its events");
+    }
+    assert_eq!(
+        prune(Some(cut), None, Some(T0.plus_ms(500)), 100)
+            .await
+            .jobs,
+        0
+    );
+
+    // Now the cancelled and the dead one.
+    let n = prune(None, Some(cut), Some(cut), 100).await;
+    assert_eq!(n.jobs, 2);
+    assert!(!exists(&a, &cancelled_old).await && !exists(&a, &dead_old).await);
+    assert!(exists(&a, &done_recent).await);
+
+    // However late the cut-offs, pending, running and replayed jobs stay.
+    let late = Some(T0.plus_ms(1_000_000_000));
+    let n = prune(late, late, late, 100).await;
+    assert_eq!(n.jobs, 2, "the two recent completed jobs");
+    for id in [&waiting, &scheduled, &running, &replayed] {
+        assert!(exists(&a, id).await, "{id} is not finished and stays");
+        assert!(events(&a, id).await > 0);
+    }
+
+    // A batch is bounded by the limit (across states), oldest first; repeated calls
+    // finish the work.
+    let mut bulk = Vec::new();
+    for i in 0..4 {
+        bulk.push(finished(&store, &a, "bulk", End::Complete, T0.plus_ms(10 + i)).await);
+    }
+    for i in 0..2 {
+        bulk.push(finished(&store, &b, "bulk", End::Die, T0.plus_ms(20 + i)).await);
+    }
+    assert_eq!(prune(late, None, late, 1).await.jobs, 1);
+    assert!(!exists(&a, &bulk[0]).await, "the oldest goes first");
+    assert!(exists(&a, &bulk[1]).await);
+    let mut sizes = Vec::new();
+    loop {
+        let n = prune(late, None, late, 4).await;
+        sizes.push(n.jobs);
+        if n.jobs < 4 {
+            break;
+        }
+    }
+    assert_eq!(sizes, [4, 1]);
+    for id in &bulk {
+        assert!(!exists(&a, id).await && !exists(&b, id).await);
+    }
+    assert_eq!(prune(late, late, late, 4).await, Pruned::default());
+
+    // The idempotency key of a pruned job is free again: a new job, not the old one.
+    let keyed = |payload: i64| JobInsertMany {
+        tenant_id: a.clone(),
+        queue: q("keyed"),
+        jobs: vec![new_job(json!({ "payload": payload }), T0, Some("k"))],
+        now: T0,
+    };
+    let first = store.job_insert_many(keyed(1)).await.unwrap().remove(0).job;
+    let l = lease(&store, &a, "keyed", 1, None, T0).await.remove(0);
+    ack(
+        &store,
+        &a,
+        complete(&first.id, l.lease_id.as_ref().unwrap()),
+        T0,
+    )
+    .await
+    .unwrap();
+    assert_eq!(prune(late, late, late, 100).await.jobs, 1);
+    let again = store.job_insert_many(keyed(2)).await.unwrap().remove(0);
+    assert!(again.created, "a different body is no conflict once pruned");
+    assert_ne!(again.job.id, first.id);
+    let repeat = store.job_insert_many(keyed(2)).await.unwrap().remove(0);
+    assert_eq!((repeat.created, repeat.job.id), (false, again.job.id));
+}
+
 /// One bad item does not spoil the others.
 pub async fn ack_many_reports_per_item(store: DynStore) {
     let t = tenant(&store, "t").await;

@@ -27,6 +27,7 @@ macro_rules! suite {
             fencing_and_heartbeats,
             failures_backoff_dead_and_retry,
             reaper_expires_leases,
+            prune_finished_jobs,
             ack_many_reports_per_item,
             cancel_semantics,
             events_and_bus,

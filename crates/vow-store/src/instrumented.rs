@@ -197,6 +197,13 @@ impl Store for Instrumented {
         }
         r
     }
+    async fn job_prune(&self, p: &JobPrune) -> StoreResult<Pruned> {
+        let r = timed("job_prune", self.inner.job_prune(p)).await;
+        if let Ok(n) = &r {
+            count_jobs("pruned", n.jobs);
+        }
+        r
+    }
     async fn job_reap_expired(&self, now: Timestamp) -> StoreResult<Sweep> {
         let r = timed("job_reap_expired", self.inner.job_reap_expired(now)).await;
         if let Ok(s) = &r {

@@ -107,6 +107,12 @@ pub trait Store: Send + Sync + 'static {
     /// Makes due scheduled jobs available (all tenants); returns how many, and when the
     /// next scheduled job falls due.
     async fn job_promote_due(&self, now: Timestamp) -> StoreResult<Sweep>;
+    /// Deletes, in one bounded batch (at most `p.limit` jobs, oldest `finished_at`
+    /// first), finished jobs of all tenants whose state has a cut-off in `p` and that
+    /// finished before it, together with their events (and so their idempotency keys).
+    /// Never touches a job that is not `completed`, `cancelled` or `dead`. Fewer than
+    /// `p.limit` deleted means nothing more is due.
+    async fn job_prune(&self, p: &JobPrune) -> StoreResult<Pruned>;
     /// Turns expired leases into failed attempts (all tenants); returns how many, and
     /// when the next running lease expires.
     async fn job_reap_expired(&self, now: Timestamp) -> StoreResult<Sweep>;

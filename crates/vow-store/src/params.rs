@@ -250,6 +250,44 @@ pub struct JobRetry {
     pub now: Timestamp,
 }
 
+/// [`crate::Store::job_prune`]: which finished jobs to delete, per terminal state.
+///
+/// A job goes when its state has a cut-off and its `finished_at` is before it; a state
+/// without a cut-off is kept forever.
+#[derive(Debug, Clone, Default)]
+pub struct JobPrune {
+    /// Delete `completed` jobs that finished before this.
+    pub completed_before: Option<Timestamp>,
+    /// Delete `cancelled` jobs that finished before this.
+    pub cancelled_before: Option<Timestamp>,
+    /// Delete `dead` jobs that finished before this.
+    pub dead_before: Option<Timestamp>,
+    /// Most jobs to delete in this call (one short transaction).
+    pub limit: usize,
+}
+
+impl JobPrune {
+    /// The terminal states that have a cut-off, each with its cut-off.
+    pub fn cutoffs(&self) -> impl Iterator<Item = (JobState, Timestamp)> {
+        [
+            (JobState::Completed, self.completed_before),
+            (JobState::Cancelled, self.cancelled_before),
+            (JobState::Dead, self.dead_before),
+        ]
+        .into_iter()
+        .filter_map(|(state, before)| before.map(|b| (state, b)))
+    }
+}
+
+/// Result of [`crate::Store::job_prune`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Pruned {
+    /// Jobs deleted.
+    pub jobs: usize,
+    /// Events of those jobs deleted with them.
+    pub events: usize,
+}
+
 /// Result of a maintenance sweep.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Sweep {

@@ -6,10 +6,12 @@
 mod dispatcher;
 mod leader;
 mod promoter;
+mod pruner;
 mod reaper;
 
 pub use dispatcher::Dispatcher;
 pub use promoter::Promoter;
+pub use pruner::Pruner;
 pub use reaper::Reaper;
 
 use std::time::Duration;

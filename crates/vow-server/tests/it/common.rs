@@ -7,7 +7,7 @@ use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
 use vow_core::api::*;
-use vow_core::SystemClock;
+use vow_core::{Clock, SystemClock};
 use vow_server::{App, Running};
 
 pub struct TestApp {
@@ -27,14 +27,17 @@ impl TestApp {
 
     /// A server whose state `configure` adjusts before it starts.
     pub async fn spawn_with(configure: impl FnOnce(App) -> App) -> Self {
+        Self::spawn_with_clock(Arc::new(SystemClock), configure).await
+    }
+
+    /// A server reading `clock`, its state adjusted by `configure`.
+    pub async fn spawn_with_clock(
+        clock: Arc<dyn Clock>,
+        configure: impl FnOnce(App) -> App,
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let store = vow_sqlite::SqliteStore::open(dir.path().join("vow.db")).unwrap();
-        let app = configure(App::new(
-            Arc::new(store),
-            Arc::new(SystemClock),
-            Default::default(),
-            None,
-        ));
+        let app = configure(App::new(Arc::new(store), clock, Default::default(), None));
         let boot = vow_server::bootstrap::bootstrap(&app, dir.path(), false)
             .await
             .unwrap();

@@ -10,5 +10,6 @@ mod jobs;
 mod openapi;
 mod queues;
 mod receiver;
+mod retention;
 mod webhooks;
 mod worker;
