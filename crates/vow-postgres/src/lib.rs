@@ -514,6 +514,10 @@ impl Store for PgStore {
             .await
     }
 
+    async fn callback_secret_exists(&self, tenant_id: &TenantId) -> StoreResult<bool> {
+        self.with(|c| async move { notices::callback_secret_exists(&c, tenant_id).await })
+            .await
+    }
     async fn callback_secret_rotate(&self, p: &SecretRotate) -> StoreResult<CallbackSecretView> {
         self.with(|c| async move { notices::callback_secret_rotate(&c, p).await })
             .await

@@ -731,6 +731,22 @@ pub(crate) async fn retry(
     id: &DeliveryId,
     now: Timestamp,
 ) -> StoreResult<DeliveryView> {
+    let orphaned = query(
+        c,
+        "SELECT d.webhook_id IS NOT NULL AND w.id IS NULL FROM deliveries d \
+         LEFT JOIN webhooks w ON w.id = d.webhook_id WHERE d.id = $1 AND d.tenant_id = $2",
+        &[&id.as_str(), &tenant.as_str()],
+    )
+    .await?;
+    match orphaned.first().map(|r| get::<bool>(r, 0)).transpose()? {
+        None => return Err(StoreError::NotFound),
+        Some(true) => {
+            return Err(StoreError::Conflict(
+                "its webhook was deleted: there is nothing to send it to".into(),
+            ))
+        }
+        Some(false) => {}
+    }
     query(
         c,
         &format!(
@@ -884,6 +900,20 @@ pub(crate) async fn webhook_delete(
 }
 
 /// Sets a tenant's callback secret, keeping the previous one valid for the grace period.
+/// Whether the tenant has a callback secret.
+pub(crate) async fn callback_secret_exists(
+    c: &impl GenericClient,
+    tenant: &TenantId,
+) -> StoreResult<bool> {
+    Ok(!query(
+        c,
+        "SELECT 1 FROM callback_secrets WHERE tenant_id = $1",
+        &[&tenant.as_str()],
+    )
+    .await?
+    .is_empty())
+}
+
 pub(crate) async fn callback_secret_rotate(
     c: &impl GenericClient,
     p: &SecretRotate,

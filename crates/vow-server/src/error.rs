@@ -49,6 +49,9 @@ pub enum ApiError {
     /// Uniqueness conflict (e.g. tenant name).
     #[error("{0}")]
     Conflict(String),
+    /// A job names a `callback_url` but its tenant has no callback secret to sign with.
+    #[error("jobs with a callback_url need the tenant's callback secret first: create it once with POST /v1/callback-secret (or `vow callback-secret rotate`) and give it to the receiver")]
+    CallbackSecretMissing,
     /// The store is unreachable; retry later.
     #[error("the store is unavailable; retry later")]
     Unavailable,
@@ -75,6 +78,7 @@ impl ApiError {
             MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             LeaseLost => (StatusCode::CONFLICT, "lease_lost"),
             IdempotencyConflict(_) => (StatusCode::CONFLICT, "idempotency_conflict"),
+            CallbackSecretMissing => (StatusCode::CONFLICT, "callback_secret_missing"),
             InvalidState(_) => (StatusCode::CONFLICT, "invalid_state"),
             Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable"),
@@ -167,6 +171,7 @@ mod tests {
             ApiError::IdempotencyConflict(String::new()),
             ApiError::InvalidState(String::new()),
             ApiError::Conflict(String::new()),
+            ApiError::CallbackSecretMissing,
             ApiError::Unavailable,
             ApiError::ShuttingDown,
             ApiError::Internal,

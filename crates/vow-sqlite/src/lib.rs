@@ -429,6 +429,11 @@ impl Store for SqliteStore {
         self.read(tenants::tenant_list).await
     }
 
+    async fn callback_secret_exists(&self, tenant_id: &TenantId) -> StoreResult<bool> {
+        let t = tenant_id.clone();
+        self.read(move |c| notices::callback_secret_exists(c, &t))
+            .await
+    }
     async fn callback_secret_rotate(&self, p: &SecretRotate) -> StoreResult<CallbackSecretView> {
         let p = p.clone();
         self.write(move |c, _| notices::callback_secret_rotate(c, &p))

@@ -189,6 +189,12 @@ pub(crate) fn webhook_delete(
     Ok(())
 }
 
+pub(crate) fn callback_secret_exists(c: &Connection, tenant: &TenantId) -> StoreResult<bool> {
+    c.prepare_cached("SELECT 1 FROM callback_secrets WHERE tenant_id = ?1")
+        .and_then(|mut s| s.exists([tenant.as_str()]))
+        .map_err(internal)
+}
+
 pub(crate) fn callback_secret_rotate(
     c: &Connection,
     p: &SecretRotate,
@@ -501,6 +507,25 @@ pub(crate) fn delivery_retry(
     id: &DeliveryId,
     now: Timestamp,
 ) -> StoreResult<DeliveryView> {
+    let orphaned: Option<bool> = c
+        .prepare_cached(
+            "SELECT d.webhook_id IS NOT NULL AND w.id IS NULL FROM deliveries d \
+             LEFT JOIN webhooks w ON w.id = d.webhook_id WHERE d.tenant_id = ?1 AND d.id = ?2",
+        )
+        .and_then(|mut s| {
+            s.query_row([tenant.as_str(), id.as_str()], |r| r.get(0))
+                .optional()
+        })
+        .map_err(internal)?;
+    match orphaned {
+        None => return Err(StoreError::NotFound),
+        Some(true) => {
+            return Err(StoreError::Conflict(
+                "its webhook was deleted: there is nothing to send it to".into(),
+            ))
+        }
+        Some(false) => {}
+    }
     let n = c
         .prepare_cached(
             "UPDATE deliveries SET state = 'pending', next_attempt_at = ?3, \

@@ -645,6 +645,13 @@ pub async fn subscriptions_and_secrets(store: DynStore) {
         .items;
     assert_eq!(ds.len(), 1);
     assert_eq!(ds[0].state, DeliveryState::Dead);
+    assert!(
+        matches!(
+            store.delivery_retry(&t, &ds[0].id, T0.plus_ms(5_003)).await,
+            Err(StoreError::Conflict(_))
+        ),
+        "nothing to replay it to"
+    );
     let later = claim(&store, T0.plus_ms(60_000)).await;
     assert!(later.iter().all(|d| d.webhook_id.as_ref() != Some(&hook)));
     assert!(matches!(
@@ -658,6 +665,7 @@ pub async fn subscriptions_and_secrets(store: DynStore) {
 pub async fn callback_secret_rotation(store: DynStore) {
     let t = tenant(&store, "t").await;
     let u = tenant(&store, "u").await;
+    assert!(!store.callback_secret_exists(&t).await.unwrap());
     run_to_completion(
         &store,
         &t,
@@ -666,6 +674,9 @@ pub async fn callback_secret_rotation(store: DynStore) {
         T0,
     )
     .await;
+    // The server refuses a callback_url until the tenant has a secret; a store that
+    // meets such a delivery anyway signs it with a fresh secret rather than send it
+    // unsigned.
     let first = claim(&store, T0).await;
     assert_eq!(first.len(), 1);
     assert_eq!(
@@ -673,6 +684,8 @@ pub async fn callback_secret_rotation(store: DynStore) {
         1,
         "a secret is made when none exists"
     );
+    assert!(store.callback_secret_exists(&t).await.unwrap());
+    assert!(!store.callback_secret_exists(&u).await.unwrap());
     let made = first[0].secrets[0].clone();
     assert!(made.starts_with("whsec_"));
     record(&store, &first[0], T0, DeliveryNext::RetryAt(T0.plus_ms(10))).await;
@@ -710,6 +723,7 @@ pub async fn callback_secret_rotation(store: DynStore) {
         .await
         .unwrap();
     assert_eq!(fresh.previous_secret_valid_until, None);
+    assert!(store.callback_secret_exists(&u).await.unwrap());
     record(
         &store,
         &second[0],

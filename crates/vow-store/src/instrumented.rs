@@ -97,6 +97,13 @@ impl Store for Instrumented {
         timed("api_key_revoke", self.inner.api_key_revoke(id, now)).await
     }
 
+    async fn callback_secret_exists(&self, tenant_id: &TenantId) -> StoreResult<bool> {
+        timed(
+            "callback_secret_exists",
+            self.inner.callback_secret_exists(tenant_id),
+        )
+        .await
+    }
     async fn callback_secret_rotate(&self, p: &SecretRotate) -> StoreResult<CallbackSecretView> {
         timed(
             "callback_secret_rotate",

@@ -45,6 +45,9 @@ pub trait Store: Send + Sync + 'static {
     /// Revokes a key; `NotFound` when there is no such key.
     async fn api_key_revoke(&self, id: &KeyId, now: Timestamp) -> StoreResult<ApiKeyRecord>;
 
+    /// Whether a tenant has a secret for `callback_url` notices (jobs with a
+    /// `callback_url` are refused until it has one, so every notice is verifiable).
+    async fn callback_secret_exists(&self, tenant_id: &TenantId) -> StoreResult<bool>;
     /// Sets a tenant's secret for `callback_url` notices (creating it, or rotating it with
     /// the previous one valid for `p.grace_ms`).
     async fn callback_secret_rotate(&self, p: &SecretRotate) -> StoreResult<CallbackSecretView>;

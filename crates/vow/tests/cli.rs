@@ -497,6 +497,12 @@ fn webhook_subscriptions_print_their_secret_once() {
 #[test]
 fn a_refused_callback_is_dead_logged_and_can_be_retried() {
     let s = Server::start();
+    // A callback_url needs the tenant's callback secret first.
+    let out = s.run(&["enqueue", "cb", "{}", "--callback-url", "http://127.0.0.1:9/x"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("callback-secret"), "{stderr}");
+    s.ok(&["callback-secret", "rotate"]);
     // Without VOW_WEBHOOK_ALLOW_CIDRS the SSRF guard refuses loopback targets.
     let job = s.json(&[
         "enqueue",

@@ -12,7 +12,7 @@ use vow_core::api::{
 };
 use vow_core::auth::Action;
 use vow_core::job::NewJob;
-use vow_core::JobState;
+use vow_core::{JobState, TenantId};
 use vow_store::{JobCancel, JobInsertMany, JobList, JobRetry};
 
 use crate::auth::Principal;
@@ -51,7 +51,7 @@ fn traceparent(headers: &HeaderMap) -> Option<String> {
     request_body = EnqueueRequest,
     responses((status = 202, description = "Durably enqueued", body = JobView),
               (status = 200, description = "Same Idempotency-Key and body: the original job", body = JobView),
-              (status = 409, description = "Same Idempotency-Key, different body", body = vow_core::api::Problem)),
+              (status = 409, description = "Same Idempotency-Key, different body (`idempotency_conflict`), or a callback_url before the tenant has a callback secret (`callback_secret_missing`)", body = vow_core::api::Problem)),
     security(("api_key" = [])))]
 pub async fn enqueue(
     State(app): State<App>,
@@ -69,6 +69,7 @@ pub async fn enqueue(
         idempotency_key(&headers)?,
         traceparent(&headers),
     )?;
+    require_callback_secret(&app, &tenant_id, std::slice::from_ref(&job)).await?;
     let mut inserted = app
         .store
         .job_insert_many(JobInsertMany {
@@ -92,11 +93,27 @@ pub async fn enqueue(
     Ok(resp)
 }
 
+/// Refuses jobs with a `callback_url` while the tenant has no callback secret: their
+/// notices could not be verified by anyone.
+async fn require_callback_secret(
+    app: &App,
+    tenant_id: &TenantId,
+    jobs: &[NewJob],
+) -> Result<(), ApiError> {
+    if jobs.iter().any(|j| j.callback_url.is_some())
+        && !app.store.callback_secret_exists(tenant_id).await?
+    {
+        return Err(ApiError::CallbackSecretMissing);
+    }
+    Ok(())
+}
+
 /// Enqueue up to 1000 jobs atomically.
 #[utoipa::path(post, path = "/v1/queues/{queue}/jobs/batch", tag = "jobs",
     params(("queue" = String, Path, description = "Queue name")),
     request_body = BatchEnqueueRequest,
-    responses((status = 202, description = "All jobs durably enqueued", body = Items<JobView>)),
+    responses((status = 202, description = "All jobs durably enqueued", body = Items<JobView>),
+              (status = 409, description = "A callback_url before the tenant has a callback secret (`callback_secret_missing`)", body = vow_core::api::Problem)),
     security(("api_key" = [])))]
 pub async fn enqueue_batch(
     State(app): State<App>,
@@ -134,6 +151,7 @@ pub async fn enqueue_batch(
                 })
         })
         .collect::<Result<Vec<NewJob>, ApiError>>()?;
+    require_callback_secret(&app, &tenant_id, &jobs).await?;
     let inserted = app
         .store
         .job_insert_many(JobInsertMany {

@@ -213,6 +213,28 @@ async fn the_ssrf_guard_refuses_loopback_unless_allowed() {
     let t = TestApp::spawn().await;
     let api = t.client();
     let rx = Receiver::start(0).await;
+    // A callback_url needs the tenant's callback secret first.
+    let p = api
+        .problem(
+            Method::POST,
+            "/v1/queues/q/jobs",
+            Some(json!({ "payload": 0, "callback_url": rx.url("/x") })),
+            409,
+            "callback_secret_missing",
+        )
+        .await;
+    assert!(p.detail.contains("/v1/callback-secret"), "{}", p.detail);
+    api.problem(
+        Method::POST,
+        "/v1/queues/q/jobs/batch",
+        Some(json!({ "jobs": [{ "payload": 0 }, { "payload": 1, "callback_url": rx.url("/x") }] })),
+        409,
+        "callback_secret_missing",
+    )
+    .await;
+    let _: CallbackSecretView = api
+        .ok(Method::POST, "/v1/callback-secret", None, StatusCode::OK)
+        .await;
     let by_ip = run_job(
         &api,
         "q",
@@ -427,6 +449,10 @@ async fn dead_deliveries_replay_with_the_same_id() {
     .await;
     let api = t.client();
     let rx = Receiver::start(0).await;
+    let secret: CallbackSecretView = api
+        .ok(Method::POST, "/v1/callback-secret", None, StatusCode::OK)
+        .await;
+    rx.trust(&secret.secret);
     rx.answer_always(Some(503));
     let job = run_job(
         &api,
