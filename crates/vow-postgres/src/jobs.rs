@@ -647,6 +647,7 @@ pub(crate) async fn prune(tx: &impl GenericClient, p: &JobPrune) -> StoreResult<
         out.jobs += row.get::<_, i64>(0) as usize;
         out.events += row.get::<_, i64>(1) as usize;
     }
+    out.deliveries = crate::notices::prune(tx, p, p.limit.saturating_sub(out.jobs)).await?;
     Ok(out)
 }
 

@@ -933,3 +933,36 @@ pub(crate) async fn callback_secret_rotate(
         previous_secret_valid_until: ts_opt(r, 1)?,
     })
 }
+
+/// Deletes up to `limit` settled deliveries past their retention, with their logs:
+/// delivered ones created before `completed_before`, dead ones before `dead_before`.
+pub(crate) async fn prune(
+    tx: &impl GenericClient,
+    p: &JobPrune,
+    limit: usize,
+) -> StoreResult<usize> {
+    let mut gone = 0;
+    for (state, before) in [
+        (DeliveryState::Delivered, p.completed_before),
+        (DeliveryState::Dead, p.dead_before),
+    ] {
+        let (Some(before), left) = (before, limit.saturating_sub(gone)) else {
+            continue;
+        };
+        if left == 0 {
+            break;
+        }
+        let rows = query(
+            tx,
+            "WITH doomed AS ( \
+               SELECT id FROM deliveries WHERE state = $2 AND created_at < $1 \
+               ORDER BY created_at LIMIT $3 FOR UPDATE SKIP LOCKED), \
+             log AS (DELETE FROM delivery_attempts WHERE delivery_id IN (SELECT id FROM doomed)) \
+             DELETE FROM deliveries WHERE id IN (SELECT id FROM doomed) RETURNING 1",
+            &[&before.0, &state.as_str(), &(left as i64)],
+        )
+        .await?;
+        gone += rows.len();
+    }
+    Ok(gone)
+}

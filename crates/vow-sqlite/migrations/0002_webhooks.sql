@@ -47,6 +47,8 @@ CREATE INDEX deliveries_due ON deliveries (next_attempt_at) WHERE state = 'pendi
 CREATE INDEX deliveries_job ON deliveries (tenant_id, job_id, id);
 CREATE INDEX deliveries_webhook ON deliveries (webhook_id, id) WHERE webhook_id IS NOT NULL;
 CREATE INDEX deliveries_tenant ON deliveries (tenant_id, id);
+-- Retention: settled deliveries by age (the pruner's scan); pending ones are not in it.
+CREATE INDEX deliveries_settled ON deliveries (state, created_at) WHERE state <> 'pending';
 
 -- The delivery log.
 CREATE TABLE delivery_attempts (

@@ -337,6 +337,7 @@ pub(crate) fn prune(c: &Connection, p: &JobPrune) -> StoreResult<Pruned> {
             out.jobs += del_job.execute([seq]).map_err(internal)?;
         }
     }
+    out.deliveries = crate::notices::prune(c, p, p.limit.saturating_sub(out.jobs))?;
     Ok(out)
 }
 

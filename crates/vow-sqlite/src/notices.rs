@@ -642,3 +642,41 @@ pub(crate) fn delivery_list(c: &Connection, p: &DeliveryList) -> StoreResult<Pag
     };
     Ok(Page { items, next_cursor })
 }
+
+/// Deletes up to `limit` settled deliveries past their retention, with their logs:
+/// delivered ones created before `completed_before`, dead ones before `dead_before`.
+pub(crate) fn prune(c: &Connection, p: &JobPrune, limit: usize) -> StoreResult<usize> {
+    let mut pick = c
+        .prepare_cached(
+            "SELECT id FROM deliveries WHERE state = ?2 AND created_at < ?1 \
+             ORDER BY created_at LIMIT ?3",
+        )
+        .map_err(internal)?;
+    let mut del_log = c
+        .prepare_cached("DELETE FROM delivery_attempts WHERE delivery_id = ?1")
+        .map_err(internal)?;
+    let mut del = c
+        .prepare_cached("DELETE FROM deliveries WHERE id = ?1")
+        .map_err(internal)?;
+    let mut gone = 0;
+    for (state, before) in [
+        (DeliveryState::Delivered, p.completed_before),
+        (DeliveryState::Dead, p.dead_before),
+    ] {
+        let (Some(before), left) = (before, limit.saturating_sub(gone)) else {
+            continue;
+        };
+        if left == 0 {
+            break;
+        }
+        let ids: Vec<String> = pick
+            .query_map(params![before.0, state.as_str(), left as i64], |r| r.get(0))
+            .and_then(|rows| rows.collect())
+            .map_err(internal)?;
+        for id in ids {
+            del_log.execute([&id]).map_err(internal)?;
+            gone += del.execute([&id]).map_err(internal)?;
+        }
+    }
+    Ok(gone)
+}

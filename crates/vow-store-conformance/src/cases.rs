@@ -511,7 +511,8 @@ pub async fn prune_finished_jobs(store: DynStore) {
         n,
         Pruned {
             jobs: 2,
-            events: want_events
+            events: want_events,
+            deliveries: 0,
         }
     );
     assert!(!exists(&a, &done_old).await && !exists(&b, &other_old).await);

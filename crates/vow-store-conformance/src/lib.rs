@@ -49,6 +49,7 @@ macro_rules! suite {
             delivery_pages,
             per_endpoint_cap,
             an_open_breaker_backlog_does_not_block_others,
+            settled_deliveries_are_pruned_with_their_log,
         );
     };
     (@module $module:ident; $make:path; $($case:ident),* $(,)?) => {

@@ -881,3 +881,71 @@ pub async fn an_open_breaker_backlog_does_not_block_others(store: DynStore) {
     assert_eq!(small.len(), 1, "{small:?}");
     assert_eq!(small[0].endpoint, "https://up.example");
 }
+
+/// Retention covers notices too: settled deliveries past their retention go with their
+/// log (delivered by the `completed` cut, dead by the `dead` cut); pending ones stay,
+/// however old; the limit bounds a call.
+pub async fn settled_deliveries_are_pruned_with_their_log(store: DynStore) {
+    let t = tenant(&store, "t").await;
+    subscribe(&store, &t, "https://r.example/h", &WebhookEvent::ALL, None).await;
+    let mut jobs = Vec::new();
+    for i in 0..4 {
+        jobs.push(run_to_completion(&store, &t, "q", json!({ "payload": i }), T0).await);
+    }
+    let tasks = claim(&store, T0).await;
+    assert_eq!(tasks.len(), 4);
+    let by_job = |j: &JobId| tasks.iter().find(|d| &d.job_id == j).unwrap().clone();
+    record(&store, &by_job(&jobs[0]), T0, DeliveryNext::Delivered).await;
+    record(&store, &by_job(&jobs[1]), T0, DeliveryNext::Delivered).await;
+    record(&store, &by_job(&jobs[2]), T0, DeliveryNext::Dead).await;
+    record(
+        &store,
+        &by_job(&jobs[3]),
+        T0,
+        DeliveryNext::RetryAt(T0.plus_ms(1)),
+    )
+    .await;
+
+    let prune = |completed: Option<Timestamp>, dead: Option<Timestamp>, limit| {
+        let store = store.clone();
+        async move {
+            store
+                .job_prune(&JobPrune {
+                    completed_before: completed,
+                    cancelled_before: None,
+                    dead_before: dead,
+                    limit,
+                })
+                .await
+                .unwrap()
+        }
+    };
+    // Cut-offs at or before their creation: nothing goes.
+    assert_eq!(prune(Some(T0), Some(T0), 100).await.deliveries, 0);
+    // Delivered ones past the cut, one per call with limit 1 (the jobs are younger).
+    let later = T0.plus_ms(1);
+    let first = prune(Some(later), None, 1).await;
+    assert_eq!(
+        (first.jobs, first.deliveries),
+        (1, 0),
+        "the job took the one slot"
+    );
+    let again = prune(Some(later), None, 100).await;
+    assert_eq!(again.deliveries, 2, "both delivered notices");
+    let d0 = &job_deliveries(&store, &t, &jobs[0]).await;
+    assert!(d0.is_empty());
+    // Dead ones by the dead cut; the pending one stays.
+    let dead = prune(None, Some(later), 100).await;
+    assert_eq!(dead.deliveries, 1);
+    let left = job_deliveries(&store, &t, &jobs[3]).await;
+    assert_eq!(left.len(), 1, "a pending notice is never pruned");
+    assert_eq!(left[0].state, DeliveryState::Pending);
+    assert!(
+        store
+            .delivery_get(&t, &by_job(&jobs[2]).id)
+            .await
+            .unwrap()
+            .is_none(),
+        "its log went with it"
+    );
+}

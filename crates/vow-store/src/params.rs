@@ -286,6 +286,9 @@ pub struct Pruned {
     pub jobs: usize,
     /// Events of those jobs deleted with them.
     pub events: usize,
+    /// Settled notices deleted (with their attempt logs): delivered ones created before
+    /// `completed_before`, dead ones created before `dead_before`. Pending ones stay.
+    pub deliveries: usize,
 }
 
 /// Result of a maintenance sweep.

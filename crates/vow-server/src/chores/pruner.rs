@@ -1,5 +1,6 @@
 //! The pruner: deletes finished jobs (`completed`, `cancelled`, `dead`), with their
-//! events and idempotency keys, once they are older than their state's retention
+//! events and idempotency keys, and settled completion notices (delivered ones by the
+//! `completed` retention, dead ones by the `dead` one), once they are older than their retention
 //! (`[retention]` in the configuration). Runs only while it holds the `pruner` leader
 //! lease, so on PostgreSQL one node prunes at a time.
 //!
@@ -80,7 +81,8 @@ async fn pass(app: &App, r: &Retention, lead: &mut Leadership) {
                 batches += 1;
                 total.jobs += n.jobs;
                 total.events += n.events;
-                if n.jobs < BATCH {
+                total.deliveries += n.deliveries;
+                if n.jobs + n.deliveries < BATCH {
                     break;
                 }
             }
@@ -94,10 +96,11 @@ async fn pass(app: &App, r: &Retention, lead: &mut Leadership) {
             break;
         }
     }
-    if total.jobs > 0 {
+    if total.jobs + total.deliveries > 0 {
         tracing::info!(
             jobs = total.jobs,
             events = total.events,
+            deliveries = total.deliveries,
             batches,
             elapsed_ms = started.elapsed().as_millis() as u64,
             "pruned finished jobs past their retention"
