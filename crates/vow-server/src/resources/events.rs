@@ -6,7 +6,7 @@
 //! Without a cursor it starts with live events. Every event carries `id: <seq>`, so a
 //! client that reconnects with `Last-Event-ID` resumes exactly where it stopped.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
@@ -44,13 +44,23 @@ pub struct EventsQuery {
     pub after: Option<i64>,
 }
 
+/// How many sent sequence numbers a stream remembers to drop duplicates.
+const REMEMBERED: usize = 4_096;
+
 struct Feed {
     app: App,
     tenant_id: TenantId,
     queue: Option<QueueName>,
     job: Option<JobId>,
-    /// Sequence number of the last event sent (or the resume point).
+    /// The client's resume point (`Last-Event-ID`): events up to it were seen.
+    from: Option<i64>,
+    /// Highest sequence number sent (or the resume point): where a replay resumes.
     last: Option<i64>,
+    /// Recently sent sequence numbers. Live events are not dropped for arriving out of
+    /// sequence order (on PostgreSQL, transactions commit in any order), only for
+    /// having been sent already (a replay and the live feed overlap).
+    sent: HashSet<i64>,
+    sent_order: VecDeque<i64>,
     replaying: bool,
     buffer: VecDeque<JobEventView>,
     live: Receiver<Arc<BusEvent>>,
@@ -61,7 +71,20 @@ impl Feed {
         *tenant_id == self.tenant_id
             && self.queue.as_ref().is_none_or(|q| *q == ev.queue)
             && self.job.as_ref().is_none_or(|j| *j == ev.job_id)
-            && self.last.is_none_or(|l| ev.seq > l)
+            && self.from.is_none_or(|f| ev.seq > f)
+            && !self.sent.contains(&ev.seq)
+    }
+
+    fn remember(&mut self, seq: i64) {
+        self.last = Some(self.last.map_or(seq, |l| l.max(seq)));
+        if self.sent.insert(seq) {
+            self.sent_order.push_back(seq);
+            if self.sent_order.len() > REMEMBERED {
+                if let Some(old) = self.sent_order.pop_front() {
+                    self.sent.remove(&old);
+                }
+            }
+        }
     }
 
     /// The next event to send; `None` ends the stream (shutdown, or the store failed:
@@ -69,7 +92,10 @@ impl Feed {
     async fn next(&mut self) -> Option<JobEventView> {
         loop {
             if let Some(ev) = self.buffer.pop_front() {
-                self.last = Some(ev.seq);
+                if self.sent.contains(&ev.seq) {
+                    continue;
+                }
+                self.remember(ev.seq);
                 return Some(ev);
             }
             if self.replaying {
@@ -145,7 +171,10 @@ pub async fn stream(
         queue,
         job,
         replaying: last.is_some(),
+        from: last,
         last,
+        sent: HashSet::new(),
+        sent_order: VecDeque::new(),
         buffer: VecDeque::new(),
         live,
     };

@@ -148,3 +148,43 @@ async fn live_events_are_per_tenant_and_resumable() {
         .problem(Method::GET, "/v1/events", None, 401, "unauthorized")
         .await;
 }
+
+/// On PostgreSQL, transactions commit in any order, so live events can arrive with a
+/// lower sequence number than one already sent: they are sent, not dropped; an event
+/// sent twice (a replay overlapping the live feed) is sent once.
+#[tokio::test]
+async fn live_events_out_of_sequence_order_are_sent_once_each() {
+    let t = TestApp::spawn().await;
+    let api = t.client();
+    let job = api.enqueue("q", json!({ "payload": 1 })).await;
+    let mut sse = Sse::open(&api, &format!("?job={}", job.id), Some(0)).await;
+    let first = sse.next().await;
+    assert_eq!(first.event, "enqueued");
+    // Publish straight on the bus, as the PostgreSQL listener would: seq 1000, then 999
+    // (committed later), then 1000 again.
+    let app = &t.running.as_ref().unwrap().app;
+    let tenant = app
+        .store
+        .tenant_get_by_name(&"default".parse().unwrap())
+        .await
+        .unwrap()
+        .unwrap()
+        .id;
+    let mut ev: vow_core::api::JobEventView = serde_json::from_value(first.data).unwrap();
+    for seq in [1000, 999, 1000] {
+        ev.seq = seq;
+        app.store.bus().publish(&tenant, [ev.clone()]);
+    }
+    ev.seq = 1001;
+    app.store.bus().publish(&tenant, [ev.clone()]);
+    let ids = [
+        sse.next().await.id,
+        sse.next().await.id,
+        sse.next().await.id,
+    ];
+    assert_eq!(
+        ids,
+        [1000, 999, 1001],
+        "out-of-order kept, duplicate dropped"
+    );
+}
