@@ -22,10 +22,13 @@ fn bench(args: &[&str], out: &Path) -> Output {
         .env("BENCH_N_ENQ", "200")
         .env("BENCH_N_DRAIN", "500")
         .env("BENCH_N_LAT", "100")
+        .env("BENCH_N_NOTICE", "200")
         .env_remove("VOW_URL")
         .env_remove("VOW_API_KEY")
         .env_remove("VOW_STORE")
         .env_remove("VOW_DATA_DIR")
+        .env_remove("VOW_CONFIG")
+        .env_remove("VOW_WEBHOOK_ALLOW_CIDRS")
         .stdin(Stdio::null())
         .output()
         .expect("run vow bench")
@@ -112,6 +115,69 @@ fn w1_to_w4_run_against_a_spawned_server_and_counts_hold() {
     }
 }
 
+/// W6 with a fast notice retry schedule (200 ms instead of 5 s) given to the spawned
+/// server with --server-config, so the test takes a second or two rather than six; the
+/// breaker's threshold is raised too, so a rare run of five failed first attempts cannot
+/// rest the receiver for 30 s. The results must say the settings are not the defaults.
+#[test]
+fn w6_delivers_every_notice_verified_once_to_the_bench_receiver() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("fast-notices.toml");
+    std::fs::write(
+        &config,
+        "[webhooks]\nretry_schedule_ms = [200, 300000]\n[webhooks.breaker]\nthreshold = 1000\n",
+    )
+    .unwrap();
+    let out_path = dir.path().join("results.json");
+    let out = bench(
+        &[
+            "--workloads",
+            "W6",
+            "--server-config",
+            config.to_str().unwrap(),
+        ],
+        &out_path,
+    );
+    assert_success(&out);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("NON-DEFAULT webhook settings"), "{stdout}");
+    assert!(stdout.contains("W6 notices: 200 delivered"), "{stdout}");
+
+    let r = read_json(&out_path);
+    assert_eq!(r["ok"], true);
+    assert_eq!(r["sizes"]["n_notice"], 200);
+    assert!(r["server_config"]
+        .as_str()
+        .unwrap()
+        .ends_with("fast-notices.toml"));
+    let w = workload(&r, "W6");
+    assert_eq!(w["ok"], true, "{w:#}");
+    assert_eq!(w["counts_ok"], true);
+    assert_eq!(w["counts"]["completed"], 200);
+    assert_eq!(w["duplicates"], 0, "no job reached a handler twice");
+    assert!(w["jobs_per_s"].as_f64().unwrap() > 0.0);
+    assert!(w["lease_requests"].as_u64().unwrap() > 0);
+    let nf = &w["notices"];
+    assert_eq!(nf["delivered"], 200, "{nf:#}");
+    assert_eq!(nf["store_delivered"], 200, "{nf:#}");
+    assert_eq!(nf["bad_signatures"], 0);
+    assert_eq!(nf["unexpected"], 0);
+    assert_eq!(nf["problems"].as_array().unwrap().len(), 0);
+    assert_eq!(nf["default_webhook_settings"], false);
+    assert_eq!(nf["retry_schedule_ms"][0], 200);
+    // ~30 % of 200 first attempts fail (never none: that would take 0.7^200).
+    let failed = nf["first_attempt_failures"].as_u64().unwrap();
+    assert!((20..=100).contains(&failed), "{nf:#}");
+    let (requests, duplicates) = (
+        nf["requests"].as_u64().unwrap(),
+        nf["duplicates"].as_u64().unwrap(),
+    );
+    assert_eq!(requests, 200 + failed + duplicates, "{nf:#}");
+    assert!(nf["store_attempts"].as_u64().unwrap() >= 200 + failed);
+    assert_eq!(nf["completion_to_ack_ms"]["count"], 200);
+    assert!(nf["notified_s"].as_f64().unwrap() >= nf["drained_s"].as_f64().unwrap());
+}
+
 #[test]
 fn later_workloads_and_bad_stores_fail_clearly() {
     let dir = tempfile::tempdir().unwrap();
@@ -180,6 +246,20 @@ fn an_existing_server_is_benched_on_a_queue_of_its_own() {
         ],
         &out_path,
     );
+    // The server keeps its SSRF guard (no --webhook-allow-cidrs): W6's notices to the
+    // receiver on 127.0.0.1 are refused, and the bench must say so, not hang.
+    let w6_path = data.path().join("w6.json");
+    let w6 = bench(
+        &[
+            "--workloads",
+            "W6",
+            "--url",
+            &url,
+            "--data-dir",
+            data.path().to_str().unwrap(),
+        ],
+        &w6_path,
+    );
     let _ = server.kill();
     let _ = server.wait();
     assert_success(&out);
@@ -191,4 +271,12 @@ fn an_existing_server_is_benched_on_a_queue_of_its_own() {
         assert_eq!(w["counts_ok"], true, "{w:#}");
         assert!(w["server_cpu_percent"].as_f64().is_some(), "{w:#}");
     }
+
+    assert_eq!(w6.status.code(), Some(1), "{w6:?}");
+    let r = read_json(&w6_path);
+    let error = workload(&r, "W6")["error"].as_str().unwrap().to_owned();
+    assert!(
+        error.contains("SSRF guard") && error.contains("--webhook-allow-cidrs 127.0.0.1/32"),
+        "{error}"
+    );
 }

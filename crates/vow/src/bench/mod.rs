@@ -1,4 +1,4 @@
-//! `vow bench`: the workloads of `BENCH.md` (W1–W4 so far) through the real HTTP API,
+//! `vow bench`: the workloads of `BENCH.md` (W1–W4 and W6 so far) through the real HTTP API,
 //! with the server's and the bench's CPU, the server's peak RSS, a table, a JSON file,
 //! and a check of the store's counts after every workload (a run that lost or doubled a
 //! job fails, whatever its speed).
@@ -9,6 +9,7 @@
 //! server instead, on a queue of its own per workload.
 
 mod measure;
+mod receiver;
 mod report;
 mod target;
 mod workloads;
@@ -27,7 +28,7 @@ use vow_core::Timestamp;
 
 use measure::{Machine, Pid};
 use report::{Percentiles, Report, Sizes, WorkloadResult};
-use target::Target;
+use target::{ServerConfigFile, Target};
 use workloads::Meter;
 
 /// `vow bench` flags.
@@ -35,7 +36,14 @@ use workloads::Meter;
 pub struct BenchArgs {
     /// Workloads to run, comma-separated: W1 (single enqueue), W2 (batch enqueue), W3
     /// (drain, in two modes: W3a one lease + one complete per job, W3b batched lease and
-    /// acks), W4 (latency). W5 and W6 are not available yet.
+    /// acks), W4 (latency), W6 (completion notices: jobs with a callback_url to a
+    /// receiver in the bench on 127.0.0.1 that verifies every signature and fails 30 %
+    /// of first attempts; timed until every notice is acknowledged, so it takes at least
+    /// the server's first retry delay, 5 s by default; BENCH_N_NOTICE sets its size).
+    /// W6 is not in the default set: run it with --workloads W6. W5 is not available
+    /// yet. W6 lets its spawned server reach 127.0.0.1 (--webhook-allow-cidrs
+    /// 127.0.0.1/32); with --url the server must allow that itself and be on this
+    /// machine, and W6 rotates the tenant's callback secret (POST /v1/callback-secret).
     #[arg(long, value_delimiter = ',', default_value = "W1,W2,W3,W4", value_parser = parse_workload)]
     pub workloads: Vec<Workload>,
 
@@ -47,6 +55,12 @@ pub struct BenchArgs {
     /// With --url: the server's pid, to report its CPU and peak RSS (else unknown).
     #[arg(long)]
     pub server_pid: Option<u32>,
+
+    /// A settings file (TOML, as for `vow serve --config`) for the servers the bench
+    /// starts, e.g. a faster notice retry schedule for a quick W6. Results say so: W6
+    /// figures with non-default [webhooks] settings are marked and not comparable.
+    #[arg(long, value_name = "FILE.toml")]
+    pub server_config: Option<PathBuf>,
 
     /// Where to write the results as JSON [default: ./vow-bench-<unix time>.json].
     #[arg(long, value_name = "FILE.json")]
@@ -64,6 +78,8 @@ pub enum Workload {
     W3,
     /// Latency of an idle worker.
     W4,
+    /// Completion notices.
+    W6,
 }
 
 fn parse_workload(s: &str) -> Result<Workload, String> {
@@ -72,16 +88,19 @@ fn parse_workload(s: &str) -> Result<Workload, String> {
         "W2" => Ok(Workload::W2),
         "W3" => Ok(Workload::W3),
         "W4" => Ok(Workload::W4),
-        "W5" => Err("W5 (fairness) is not available yet: it comes with the fairness work; run W1-W4".into()),
-        "W6" => Err(
-            "W6 (completion notices) is not available yet: it comes with completion notices; run W1-W4"
+        "W6" => Ok(Workload::W6),
+        "W5" => Err(
+            "W5 (fairness) is not available yet: it comes with the fairness work; run W1-W4, W6"
                 .into(),
         ),
-        other => Err(format!("unknown workload `{other}`: choose from W1, W2, W3, W4")),
+        other => Err(format!(
+            "unknown workload `{other}`: choose from W1, W2, W3, W4, W6"
+        )),
     }
 }
 
-/// Job counts from `BENCH.md`, or from `BENCH_N_ENQ`, `BENCH_N_DRAIN`, `BENCH_N_LAT`.
+/// Job counts from `BENCH.md`, or from `BENCH_N_ENQ`, `BENCH_N_DRAIN`, `BENCH_N_LAT`,
+/// `BENCH_N_NOTICE`.
 fn sizes() -> anyhow::Result<Sizes> {
     fn var(name: &str, default: u64) -> anyhow::Result<u64> {
         match std::env::var(name) {
@@ -98,6 +117,7 @@ fn sizes() -> anyhow::Result<Sizes> {
         n_enq: var("BENCH_N_ENQ", 20_000)?,
         n_drain: var("BENCH_N_DRAIN", 50_000)?,
         n_lat: var("BENCH_N_LAT", 2_000)?,
+        n_notice: var("BENCH_N_NOTICE", 10_000)?,
     })
 }
 
@@ -110,6 +130,11 @@ pub fn target(
     api_key: impl FnOnce() -> anyhow::Result<String>,
 ) -> anyhow::Result<Target> {
     match url {
+        Some(_) if args.server_config.is_some() => {
+            anyhow::bail!(
+                "--server-config is for the servers the bench starts; with --url configure that server itself"
+            )
+        }
         Some(_) if args.store.is_some() => {
             anyhow::bail!(
                 "give --store (the bench starts the server) or --url (an existing one), not both"
@@ -125,6 +150,11 @@ pub fn target(
         }
         None => Ok(Target::Spawn {
             store: args.store.clone(),
+            config: args
+                .server_config
+                .as_deref()
+                .map(ServerConfigFile::read)
+                .transpose()?,
         }),
     }
 }
@@ -154,6 +184,12 @@ pub async fn run(args: &BenchArgs, target: Target) -> anyhow::Result<ExitCode> {
         eprintln!("note: this is a debug build; its figures are not worth comparing (cargo build --release -p vow)");
     }
     let store = target.store_kind().to_owned();
+    let server_config = match &target {
+        Target::Spawn {
+            config: Some(c), ..
+        } => Some(c.path.display().to_string()),
+        _ => None,
+    };
     let mut results = Vec::new();
     for w in wanted {
         let runs: &[(&str, &str, u64)] = match w {
@@ -164,6 +200,7 @@ pub async fn run(args: &BenchArgs, target: Target) -> anyhow::Result<ExitCode> {
                 ("W3b", "drain of pre-enqueued jobs, one lease loop leasing up to its 16 free slots, completions sent in batches with POST /v1/acks", sizes.n_drain),
             ],
             Workload::W4 => &[("W4", "vow-client Worker (concurrency 16, long-poll leases) idle; producer enqueues at 200 jobs/s open loop; latency = handler start - enqueue start", sizes.n_lat)],
+            Workload::W6 => &[("W6", "jobs with callback_url to a receiver in the bench (127.0.0.1) that verifies every signature and answers 500 to 30% of first attempts, 204 otherwise; enqueued in batches of 100 while the W3b drain completes them; timed from the first enqueue until every job's notice is acknowledged", sizes.n_notice)],
         };
         for &(id, description, n) in runs {
             let mut r = WorkloadResult::new(id, description, n);
@@ -192,6 +229,7 @@ pub async fn run(args: &BenchArgs, target: Target) -> anyhow::Result<ExitCode> {
             Target::External { .. } => "external",
         },
         sizes,
+        server_config,
         machine,
         ok,
         workloads: results,
@@ -250,7 +288,7 @@ fn draw_target() -> ProgressDrawTarget {
 
 async fn run_one(target: &Target, r: &mut WorkloadResult) -> anyhow::Result<()> {
     let session = target
-        .session(&r.id.to_ascii_lowercase())
+        .session(&r.id.to_ascii_lowercase(), r.id == "W6")
         .await
         .context("preparing the server")?;
     let (client, queue, n) = (&session.client, session.queue.as_str(), r.n);
@@ -271,6 +309,10 @@ async fn run_one(target: &Target, r: &mut WorkloadResult) -> anyhow::Result<()> 
             }
         }
         "W4" => workloads::w4_latency(client, queue, n, &pb, &mut meter).await,
+        "W6" => {
+            pb.set_message("enqueue+drain");
+            workloads::w6_notices(client, queue, n, &pb, &mut meter).await
+        }
         other => anyhow::bail!("no workload {other}"),
     };
     pb.finish_and_clear();
@@ -282,11 +324,18 @@ async fn run_one(target: &Target, r: &mut WorkloadResult) -> anyhow::Result<()> 
     }
     r.latency_ms = Percentiles::of(&m.latency_ms);
     r.request_ms = Percentiles::of(&m.request_ms);
-    if r.id.starts_with("W3") {
+    if r.id.starts_with("W3") || r.id == "W6" {
         r.lease_requests = Some(m.leases);
         r.ack_requests = Some(m.acks);
     }
     r.duplicates = m.duplicates;
+    r.notices = m.notices.map(|mut nf| {
+        if let Some((schedule, default)) = target.notice_settings() {
+            nf.retry_schedule_ms = Some(schedule);
+            nf.default_webhook_settings = Some(default);
+        }
+        nf
+    });
     r.server_cpu_percent = meter.server_cpu;
     r.client_cpu_percent = meter.client_cpu;
     r.server_peak_rss_mib = workloads::server_peak_rss(session.server_pid).map(mib);
@@ -296,6 +345,12 @@ async fn run_one(target: &Target, r: &mut WorkloadResult) -> anyhow::Result<()> 
     r.counts = Some(counts);
     session.finish()?;
     r.ok = r.counts_ok && r.duplicates == 0;
+    if let Some(problems) = r.notices.as_ref().map(|nf| &nf.problems) {
+        if !problems.is_empty() {
+            r.ok = false;
+            r.error = Some(format!("notices: {}", problems.join("; ")));
+        }
+    }
     Ok(())
 }
 
@@ -314,7 +369,7 @@ async fn verify(client: &Client, queue: &str) -> anyhow::Result<QueueCounts> {
     Ok(q.counts)
 }
 
-/// Enqueue workloads leave exactly `n` available jobs; drains and W4 exactly `n`
+/// Enqueue workloads leave exactly `n` available jobs; drains, W4 and W6 exactly `n`
 /// completed ones and nothing else.
 fn counts_ok(id: &str, n: u64, c: &QueueCounts) -> bool {
     let expected = if id == "W1" || id == "W2" {
@@ -338,11 +393,9 @@ mod tests {
     #[test]
     fn workloads_parse_and_later_ones_are_refused_clearly() {
         assert_eq!(parse_workload(" w3 "), Ok(Workload::W3));
+        assert_eq!(parse_workload("w6"), Ok(Workload::W6));
         let e = parse_workload("W5").unwrap_err();
         assert!(e.contains("not available yet"), "{e}");
-        assert!(parse_workload("W6")
-            .unwrap_err()
-            .contains("not available yet"));
         assert!(parse_workload("W9").unwrap_err().contains("unknown"));
     }
 

@@ -95,7 +95,8 @@ impl Bar {
 /// What one workload (one W3 mode) measured and whether its counts held.
 #[derive(Debug, Clone, Serialize)]
 pub struct WorkloadResult {
-    /// `W1`, `W2`, `W3a` (one lease + one complete per job), `W3b` (batched), `W4`.
+    /// `W1`, `W2`, `W3a` (one lease + one complete per job), `W3b` (batched), `W4`,
+    /// `W6`.
     pub id: String,
     /// What exactly ran.
     pub description: String,
@@ -107,16 +108,18 @@ pub struct WorkloadResult {
     pub error: Option<String>,
     /// Wall time of the timed part, in seconds.
     pub elapsed_s: Option<f64>,
-    /// Throughput (W1–W3).
+    /// Throughput (W1–W3; W6 end to end).
     pub jobs_per_s: Option<f64>,
     /// W4: handler start − enqueue start, ms.
     pub latency_ms: Option<Percentiles>,
     /// Time of each enqueue request (W1, W4) or batch request (W2), ms.
     pub request_ms: Option<Percentiles>,
-    /// Lease requests in the timed part (W3, W4 not counted).
+    /// Lease requests in the timed part (W3, W6; W4 not counted).
     pub lease_requests: Option<u64>,
-    /// Completes (W3a) or ack requests (W3b) in the timed part.
+    /// Completes (W3a) or ack requests (W3b, W6) in the timed part.
     pub ack_requests: Option<u64>,
+    /// W6: the completion notices, as the receiver and the server saw them.
+    pub notices: Option<NoticeFigures>,
     /// Server CPU over the timed part, % of one core; `None` when unknown.
     pub server_cpu_percent: Option<f64>,
     /// The bench's own CPU over the timed part, % of one core.
@@ -154,6 +157,7 @@ impl WorkloadResult {
             request_ms: None,
             lease_requests: None,
             ack_requests: None,
+            notices: None,
             server_cpu_percent: None,
             client_cpu_percent: None,
             server_peak_rss_mib: None,
@@ -172,16 +176,71 @@ impl WorkloadResult {
         self.meets_bar = self.bar.and_then(|b| b.met_by(self));
     }
 
-    /// The headline figure: jobs/s, or p50/p95/p99 for W4.
+    /// The headline figure: jobs/s, or p50/p95/p99 for W4; for W6 jobs/s end to end
+    /// with the notices delivered and the duplicates.
     pub fn figure(&self) -> String {
         if let Some(l) = &self.latency_ms {
             return format!("p50 {:.2} / p95 {:.2} / p99 {:.2} ms", l.p50, l.p95, l.p99);
         }
-        match self.jobs_per_s {
+        let rate = match self.jobs_per_s {
             Some(x) => format!("{} jobs/s", thousands(x)),
             None => "-".to_owned(),
+        };
+        match &self.notices {
+            Some(nf) => format!(
+                "{rate} end to end, {}/{} notices delivered, {} duplicates{}",
+                thousands(nf.delivered as f64),
+                thousands(self.n as f64),
+                nf.duplicates,
+                match nf.default_webhook_settings {
+                    Some(false) => " [NON-DEFAULT webhook settings]",
+                    _ => "",
+                }
+            ),
+            None => rate,
         }
     }
+}
+
+/// W6's figures about the notices themselves.
+#[derive(Debug, Clone, Serialize)]
+pub struct NoticeFigures {
+    /// Jobs whose notice the receiver acknowledged (`204`): all of them in a passing run.
+    pub delivered: u64,
+    /// Requests the receiver got, whatever it answered.
+    pub requests: u64,
+    /// First attempts the receiver answered `500` on purpose.
+    pub first_attempt_failures: u64,
+    /// `204`s for a `webhook-id` acknowledged before (a `500`'d first attempt and its
+    /// retry are not a duplicate). At-least-once delivery allows them.
+    pub duplicates: u64,
+    /// Requests whose signature did not verify with the tenant's callback secret.
+    pub bad_signatures: u64,
+    /// Verified requests that were not a readable `job.completed` notice.
+    pub unexpected: u64,
+    /// Notices the server reports `delivered` (`GET /v1/jobs/{id}/deliveries`).
+    pub store_delivered: u64,
+    /// Attempts the server counts for them (compare with `requests`).
+    pub store_attempts: u64,
+    /// Seconds from the first enqueue until all jobs were enqueued.
+    pub enqueued_s: Option<f64>,
+    /// … until all were completed.
+    pub drained_s: f64,
+    /// … until every job's notice was acknowledged (the timed part).
+    pub notified_s: f64,
+    /// Acknowledgement (receiver's clock) − the job's `finished_at`, ms.
+    pub completion_to_ack_ms: Option<Percentiles>,
+    /// Acknowledgement − the job's `created_at` (its enqueue), ms.
+    pub enqueue_to_ack_ms: Option<Percentiles>,
+    /// Share of first attempts the receiver fails, %.
+    pub receiver_fail_percent: u64,
+    /// The server's notice retry delays, when the bench started the server.
+    pub retry_schedule_ms: Option<Vec<u64>>,
+    /// Whether the server's `[webhooks]` settings are the defaults (`None`: unknown,
+    /// an external server).
+    pub default_webhook_settings: Option<bool>,
+    /// Why the notices fail the run; empty when they pass.
+    pub problems: Vec<String>,
 }
 
 /// The whole run, as written to the JSON file.
@@ -197,8 +256,10 @@ pub struct Report {
     pub server: &'static str,
     /// What a `202` or an ack means for durability on this store.
     pub durability: String,
-    /// Job counts asked for: W1/W2, W3, W4.
+    /// Job counts asked for: W1/W2, W3, W4, W6.
     pub sizes: Sizes,
+    /// `--server-config`: the settings file the spawned servers got (`None`: defaults).
+    pub server_config: Option<String>,
     /// Machine, kernel, build, commit, load.
     pub machine: Machine,
     /// Every workload passed its checks.
@@ -216,6 +277,8 @@ pub struct Sizes {
     pub n_drain: u64,
     /// W4 (`BENCH_N_LAT`).
     pub n_lat: u64,
+    /// W6 (`BENCH_N_NOTICE`).
+    pub n_notice: u64,
 }
 
 /// `12,345`.
@@ -282,7 +345,67 @@ pub fn table(report: &Report) -> String {
             check,
         ]);
     }
-    t.to_string()
+    let mut out = t.to_string();
+    for r in &report.workloads {
+        if let Some(nf) = &r.notices {
+            out.push('\n');
+            out.push_str(&notice_lines(&r.id, nf));
+        }
+    }
+    if let Some(path) = &report.server_config {
+        out.push_str(&format!(
+            "\nnote: the servers ran with --server-config {path}, not the default settings"
+        ));
+    }
+    out
+}
+
+/// W6's details under the table.
+fn notice_lines(id: &str, nf: &NoticeFigures) -> String {
+    let pct = |p: &Option<Percentiles>| match p {
+        Some(p) => format!(
+            "p50 {:.0} / p95 {:.0} / p99 {:.0} / max {:.0} ms",
+            p.p50, p.p95, p.p99, p.max
+        ),
+        None => "-".to_owned(),
+    };
+    let mut out = format!(
+        "{id} notices: {} delivered ({} per the server), {} requests ({} attempts per the \
+         server), {} first attempts failed on purpose ({} %), {} duplicates, {} bad signatures\n\
+         {id} phases from the first enqueue: all enqueued {}, all completed {:.2} s, all \
+         notices acknowledged {:.2} s\n\
+         {id} job completion -> notice acknowledged: {}\n\
+         {id} enqueue -> notice acknowledged: {}",
+        thousands(nf.delivered as f64),
+        thousands(nf.store_delivered as f64),
+        thousands(nf.requests as f64),
+        thousands(nf.store_attempts as f64),
+        thousands(nf.first_attempt_failures as f64),
+        nf.receiver_fail_percent,
+        nf.duplicates,
+        nf.bad_signatures,
+        nf.enqueued_s
+            .map(|s| format!("{s:.2} s"))
+            .unwrap_or_else(|| "-".to_owned()),
+        nf.drained_s,
+        nf.notified_s,
+        pct(&nf.completion_to_ack_ms),
+        pct(&nf.enqueue_to_ack_ms),
+    );
+    match (&nf.retry_schedule_ms, nf.default_webhook_settings) {
+        (Some(schedule), Some(default)) => out.push_str(&format!(
+            "\n{id} server's notice retry delays: {schedule:?} ms ± 20 %{}",
+            if default {
+                " (the defaults)"
+            } else {
+                ", webhook settings NOT the defaults: not comparable"
+            }
+        )),
+        _ => out.push_str(&format!(
+            "\n{id} server's notice retry delays: unknown (external server)"
+        )),
+    }
+    out
 }
 
 fn short_label(id: &str) -> &'static str {
@@ -292,6 +415,7 @@ fn short_label(id: &str) -> &'static str {
         "W3a" => "drain, lease+complete per job",
         "W3b" => "drain, batched lease+acks",
         "W4" => "latency @200/s",
+        "W6" => "completion notices",
         _ => "",
     }
 }

@@ -6,6 +6,11 @@
 //! when known, the server's pid for CPU and RSS figures. On a child server the session
 //! also gets a tenant of its own, created with the root key, so a shared store (e.g.
 //! PostgreSQL given with `--store`) starts every workload with empty counts too.
+//!
+//! A child for W6 may send completion notices to loopback (`--webhook-allow-cidrs
+//! 127.0.0.1/32`), where the bench's receiver listens; the others keep the SSRF guard's
+//! default. Every child runs on the default settings unless `--server-config` gave a
+//! file (passed as `--config`).
 
 use std::io::Write;
 use std::net::TcpListener;
@@ -21,6 +26,33 @@ use vow_core::auth::{ApiKeySecret, Role};
 /// How long a child server may take to answer `/readyz`.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// A settings file for the spawned servers (`vow bench --server-config`).
+#[derive(Debug, Clone)]
+pub struct ServerConfigFile {
+    /// Passed to each child as `--config`.
+    pub path: PathBuf,
+    /// Its notice retry delays (W6 reports them).
+    pub retry_schedule_ms: Vec<u64>,
+    /// Whether its `[webhooks]` settings are the defaults.
+    pub default_webhooks: bool,
+}
+
+impl ServerConfigFile {
+    /// Reads and checks the file as `vow serve --config` would.
+    pub fn read(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the server config {}", path.display()))?;
+        let cfg: vow_server::ServerConfig = toml::from_str(&text)
+            .with_context(|| format!("invalid server config {}", path.display()))?;
+        let defaults = vow_server::ServerConfig::default();
+        Ok(Self {
+            path: path.to_owned(),
+            retry_schedule_ms: cfg.webhooks.retry_schedule_ms.0.clone(),
+            default_webhooks: cfg.webhooks == defaults.webhooks,
+        })
+    }
+}
+
 /// Where workloads run.
 #[derive(Debug, Clone)]
 pub enum Target {
@@ -28,6 +60,8 @@ pub enum Target {
     Spawn {
         /// `--store` for the child; `None` is the embedded store in its data dir.
         store: Option<String>,
+        /// `--config` for the child; `None` is the default settings.
+        config: Option<ServerConfigFile>,
     },
     /// An existing server.
     External {
@@ -45,17 +79,42 @@ impl Target {
     /// a server the bench did not start. Never includes credentials.
     pub fn store_kind(&self) -> &'static str {
         match self {
-            Target::Spawn { store: None } => "sqlite",
-            Target::Spawn { store: Some(url) } => store_kind_of(url),
+            Target::Spawn { store: None, .. } => "sqlite",
+            Target::Spawn {
+                store: Some(url), ..
+            } => store_kind_of(url),
             Target::External { .. } => "unknown (external server)",
         }
     }
 
-    /// Prepares a fresh place for workload `tag` (e.g. `w3a`).
-    pub async fn session(&self, tag: &str) -> anyhow::Result<Session> {
+    /// The notice retry delays of the servers and whether the `[webhooks]` settings are
+    /// the defaults; `None` for an external server (unknown).
+    pub fn notice_settings(&self) -> Option<(Vec<u64>, bool)> {
         match self {
-            Target::Spawn { store } => {
-                let mut server = ChildServer::start(store.as_deref())?;
+            Target::Spawn {
+                config: Some(c), ..
+            } => Some((c.retry_schedule_ms.clone(), c.default_webhooks)),
+            Target::Spawn { config: None, .. } => Some((
+                vow_server::ServerConfig::default()
+                    .webhooks
+                    .retry_schedule_ms
+                    .0,
+                true,
+            )),
+            Target::External { .. } => None,
+        }
+    }
+
+    /// Prepares a fresh place for workload `tag` (e.g. `w3a`); `loopback_notices` lets a
+    /// spawned server send completion notices to 127.0.0.1 (W6's receiver).
+    pub async fn session(&self, tag: &str, loopback_notices: bool) -> anyhow::Result<Session> {
+        match self {
+            Target::Spawn { store, config } => {
+                let mut server = ChildServer::start(
+                    store.as_deref(),
+                    config.as_ref().map(|c| c.path.as_path()),
+                    loopback_notices,
+                )?;
                 let root = Client::new(&server.url, &server.root_key)?;
                 server.wait_ready(&root).await?;
                 let tenant = format!("bench-{tag}-{}", unix_ms());
@@ -142,7 +201,11 @@ struct ChildServer {
 }
 
 impl ChildServer {
-    fn start(store: Option<&str>) -> anyhow::Result<Self> {
+    fn start(
+        store: Option<&str>,
+        config: Option<&Path>,
+        loopback_notices: bool,
+    ) -> anyhow::Result<Self> {
         let exe = std::env::current_exe().context("cannot find the vow executable")?;
         let dir =
             std::env::temp_dir().join(format!("vow-bench-{}-{}", std::process::id(), unix_ms()));
@@ -165,11 +228,18 @@ impl ChildServer {
             .env_remove("VOW_STORE")
             .env_remove("VOW_LISTEN")
             .env_remove("VOW_DATA_DIR")
+            .env_remove("VOW_WEBHOOK_ALLOW_CIDRS")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log_file);
         if let Some(store) = store {
             cmd.arg("--store").arg(store);
+        }
+        if let Some(config) = config {
+            cmd.arg("--config").arg(config);
+        }
+        if loopback_notices {
+            cmd.arg("--webhook-allow-cidrs").arg("127.0.0.1/32");
         }
         let child = cmd.spawn().context("cannot start `vow serve`")?;
         Ok(Self {
@@ -255,11 +325,35 @@ mod tests {
 
     #[test]
     fn store_kinds_never_show_the_url() {
-        assert_eq!(Target::Spawn { store: None }.store_kind(), "sqlite");
+        assert_eq!(
+            Target::Spawn {
+                store: None,
+                config: None
+            }
+            .store_kind(),
+            "sqlite"
+        );
         let pg = Target::Spawn {
             store: Some("postgres://u:secret@h/db".into()),
+            config: None,
         };
         assert_eq!(pg.store_kind(), "postgres");
         assert_eq!(store_kind_of("sqlite:///tmp/x.db"), "sqlite");
+    }
+
+    #[test]
+    fn a_server_config_says_whether_its_webhook_settings_are_the_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("vow.toml");
+        std::fs::write(&path, "shutdown_grace_ms = 1000\n").unwrap();
+        let c = ServerConfigFile::read(&path).unwrap();
+        assert!(c.default_webhooks);
+        assert_eq!(c.retry_schedule_ms[0], 5_000);
+        std::fs::write(&path, "[webhooks]\nretry_schedule_ms = [200]\n").unwrap();
+        let c = ServerConfigFile::read(&path).unwrap();
+        assert!(!c.default_webhooks);
+        assert_eq!(c.retry_schedule_ms, [200]);
+        std::fs::write(&path, "nosuch = 1\n").unwrap();
+        assert!(ServerConfigFile::read(&path).is_err());
     }
 }

@@ -1,6 +1,7 @@
 //! The workloads of `BENCH.md`, each driven through the real HTTP API with
 //! [`vow_client`]: W1 single enqueue, W2 batch enqueue, W3 drain (one lease + one
-//! complete per job, and batched lease + `POST /v1/acks`), W4 latency of an idle worker.
+//! complete per job, and batched lease + `POST /v1/acks`), W4 latency of an idle worker,
+//! W6 completion notices to a receiver in the bench (see [`super::receiver`]).
 //!
 //! A workload measures only its timed part (a [`Meter`] brackets it for CPU figures);
 //! set-up such as W3's pre-enqueue is outside. Counting the store is the caller's job
@@ -20,11 +21,14 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use vow_client::{Client, Outcome, Worker};
 use vow_core::api::{
-    AckComplete, AckRequest, BatchEnqueueRequest, CompleteRequest, EnqueueRequest, LeaseRequest,
+    AckComplete, AckRequest, BatchEnqueueRequest, CompleteRequest, DeliveryState, EnqueueRequest,
+    JobView, LeaseRequest,
 };
 use vow_core::{JobId, QueueName};
 
 use super::measure::{self, CpuWindow, Pid};
+use super::receiver::{Receiver, FAIL_PERCENT};
+use super::report::{NoticeFigures, Percentiles};
 
 /// No job finished for this long: the run is stuck (lost jobs), not slow.
 pub const STALL: Duration = Duration::from_secs(30);
@@ -38,8 +42,14 @@ pub const CONCURRENCY: u32 = 16;
 const ACK_BATCH: usize = 1000;
 /// W4's producer rate (BENCH.md): one enqueue every 5 ms.
 const W4_INTERVAL: Duration = Duration::from_millis(5);
-/// Long-poll wait of the leases of W3 and W4.
+/// Long-poll wait of the leases of W3, W4 and W6.
 const LEASE_WAIT_MS: u64 = 5_000;
+/// W6: no notice acknowledged for this long fails the run. Longer than [`STALL`]: the
+/// server's circuit breaker may rest an endpoint for 30 s, then 60 s.
+pub const NOTICE_STALL: Duration = Duration::from_secs(90);
+/// W6: how long a delivery may stay `pending` after its receiver acknowledged it (the
+/// server records the outcome after the answer).
+const RECORD_GRACE: Duration = Duration::from_secs(10);
 
 /// The `pad` of every payload: 58 × `x`, so a payload is about 100 bytes.
 const PAD: &str = "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx";
@@ -109,8 +119,10 @@ pub struct Measured {
     pub duplicates: u64,
     /// Lease requests made in the timed part (W3, W4).
     pub leases: u64,
-    /// Ack requests (W3 batched) or completes (W3 per job, W4).
+    /// Ack requests (W3 batched, W6) or completes (W3 per job, W4).
     pub acks: u64,
+    /// W6: what the receiver and the server saw of the notices.
+    pub notices: Option<NoticeFigures>,
 }
 
 fn ms(d: Duration) -> f64 {
@@ -147,11 +159,21 @@ pub async fn w1_single_enqueue(
     })
 }
 
-/// Enqueues jobs `from..to` in one batch request.
-async fn enqueue_batch(client: &Client, queue: &str, from: u64, to: u64) -> anyhow::Result<()> {
+/// Enqueues jobs `from..to` in one batch request, each with `callback_url` if given;
+/// returns the jobs as enqueued.
+async fn enqueue_batch(
+    client: &Client,
+    queue: &str,
+    from: u64,
+    to: u64,
+    callback_url: Option<&str>,
+) -> anyhow::Result<Vec<JobView>> {
     let batch = BatchEnqueueRequest {
         jobs: (from..to)
-            .map(|i| EnqueueRequest::new(payload(i)))
+            .map(|i| EnqueueRequest {
+                callback_url: callback_url.map(str::to_owned),
+                ..EnqueueRequest::new(payload(i))
+            })
             .collect(),
     };
     let items = client
@@ -164,7 +186,7 @@ async fn enqueue_batch(client: &Client, queue: &str, from: u64, to: u64) -> anyh
         to - from,
         items.len()
     );
-    Ok(())
+    Ok(items)
 }
 
 /// W2: `n` jobs in sequential batches of [`W2_BATCH`].
@@ -182,7 +204,7 @@ pub async fn w2_batch_enqueue(
     while from < n {
         let to = (from + W2_BATCH).min(n);
         let started = Instant::now();
-        enqueue_batch(client, queue, from, to).await?;
+        enqueue_batch(client, queue, from, to, None).await?;
         request_ms.push(ms(started.elapsed()));
         pb.inc(to - from);
         from = to;
@@ -202,7 +224,7 @@ pub async fn preload(client: &Client, queue: &str, n: u64, pb: &ProgressBar) -> 
     let mut from = 0;
     while from < n {
         let to = (from + PRELOAD_BATCH).min(n);
-        enqueue_batch(client, queue, from, to).await?;
+        enqueue_batch(client, queue, from, to, None).await?;
         pb.inc(to - from);
         from = to;
     }
@@ -382,13 +404,36 @@ pub async fn w3_drain_batched(
 ) -> anyhow::Result<Measured> {
     let p = Progress::new(n, pb);
     let mut tasks = JoinSet::new();
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<AckComplete>();
     meter.start();
     let t0 = Instant::now();
+    spawn_batched_drain(&mut tasks, &p, client, queue, "vow-bench/w3b");
+    p.wait(&mut tasks).await?;
+    let elapsed = t0.elapsed();
+    meter.stop();
+    Ok(Measured {
+        elapsed,
+        jobs: p.done(),
+        duplicates: p.duplicates.load(Ordering::Relaxed),
+        leases: p.leases.load(Ordering::Relaxed),
+        acks: p.acks.load(Ordering::Relaxed),
+        ..Measured::default()
+    })
+}
+
+/// The batched drain of W3b (also W6's worker): a lease loop and an acker, spawned into
+/// `tasks`, counting into `p`; they stop once `p` is finished.
+fn spawn_batched_drain(
+    tasks: &mut JoinSet<anyhow::Result<()>>,
+    p: &Arc<Progress>,
+    client: &Client,
+    queue: &str,
+    worker_id: &str,
+) {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<AckComplete>();
     {
         let (p, client, queue) = (p.clone(), client.clone(), queue.to_owned());
+        let req = lease_request(worker_id, CONCURRENCY);
         tasks.spawn(async move {
-            let req = lease_request("vow-bench/w3b", CONCURRENCY);
             loop {
                 let resp = tokio::select! {
                     biased;
@@ -450,17 +495,6 @@ pub async fn w3_drain_batched(
             Ok(())
         });
     }
-    p.wait(&mut tasks).await?;
-    let elapsed = t0.elapsed();
-    meter.stop();
-    Ok(Measured {
-        elapsed,
-        jobs: p.done(),
-        duplicates: p.duplicates.load(Ordering::Relaxed),
-        leases: p.leases.load(Ordering::Relaxed),
-        acks: p.acks.load(Ordering::Relaxed),
-        ..Measured::default()
-    })
 }
 
 /// W4: the `vow-client` [`Worker`] (concurrency [`CONCURRENCY`], long-poll leases) idles
@@ -562,6 +596,297 @@ pub async fn w4_latency(
         duplicates: p.duplicates.load(Ordering::Relaxed),
         ..Measured::default()
     })
+}
+
+/// W6: `n` jobs with `callback_url` pointing at the bench's own [`Receiver`], enqueued in
+/// batches of [`W2_BATCH`] while the batched drain of W3b works them off; timed from the
+/// first enqueue until the receiver has acknowledged (204) a notice for every job. The
+/// receiver fails ~30 % of first attempts, so those notices wait for the server's first
+/// retry (5 s ± 20 % by default): the figure is bounded by that, not by throughput.
+///
+/// Afterwards (untimed) every job's delivery is read back from the server
+/// (`GET /v1/jobs/{id}/deliveries`): it must be `delivered`, and its attempts are summed
+/// to compare with the requests the receiver saw.
+///
+/// Rotates the tenant's callback secret (`POST /v1/callback-secret`) to learn it.
+pub async fn w6_notices(
+    client: &Client,
+    queue: &str,
+    n: u64,
+    pb: &ProgressBar,
+    meter: &mut Meter,
+) -> anyhow::Result<Measured> {
+    let secret = client
+        .rotate_callback_secret()
+        .await
+        .context("getting the tenant's callback secret (POST /v1/callback-secret)")?
+        .secret;
+    let receiver = Receiver::start(secret).await?;
+    let p = Progress::new(n, pb);
+    let ids: Arc<Mutex<Vec<JobId>>> = Arc::new(Mutex::new(Vec::with_capacity(n as usize)));
+    let enqueued = Arc::new(Mutex::new(None::<Duration>));
+    let mut tasks = JoinSet::new();
+    meter.start();
+    let t0 = Instant::now();
+    {
+        let (client, queue, url) = (client.clone(), queue.to_owned(), receiver.url.clone());
+        let (ids, enqueued) = (ids.clone(), enqueued.clone());
+        tasks.spawn(async move {
+            let mut from = 0;
+            while from < n {
+                let to = (from + W2_BATCH).min(n);
+                let jobs = enqueue_batch(&client, &queue, from, to, Some(&url)).await?;
+                lock(&ids).extend(jobs.into_iter().map(|j| j.id));
+                from = to;
+            }
+            *lock(&enqueued) = Some(t0.elapsed());
+            Ok(())
+        });
+    }
+    spawn_batched_drain(&mut tasks, &p, client, queue, "vow-bench/w6");
+    p.wait(&mut tasks).await?;
+    let drained = t0.elapsed();
+    let ids = std::mem::take(&mut *lock(&ids));
+    pb.reset();
+    pb.set_message("notices");
+    wait_for_notices(client, &receiver, &ids, n, pb).await?;
+    let elapsed = t0.elapsed();
+    meter.stop();
+
+    pb.reset();
+    pb.set_message("check");
+    let store = store_deliveries(client, &ids, &receiver.url, pb).await?;
+    // Taken after the check, so duplicates that came meanwhile are counted too.
+    let seen = receiver.snapshot();
+    let mut problems = store.problems;
+    let missing = receiver.missing(&ids);
+    if ids.len() as u64 != n {
+        problems.push(format!("{} of {n} jobs were enqueued", ids.len()));
+    }
+    if !missing.is_empty() {
+        problems.push(format!(
+            "{} jobs have no acknowledged notice, e.g. {}",
+            missing.len(),
+            missing[0]
+        ));
+    }
+    if seen.bad_signatures > 0 || seen.unexpected > 0 {
+        problems.push(format!(
+            "{} notices failed signature verification and {} were not readable job.completed notices: {}",
+            seen.bad_signatures,
+            seen.unexpected,
+            seen.problems.join("; ")
+        ));
+    }
+    if store.delivered != ids.len() as u64 {
+        problems.push(format!(
+            "the server reports {} of {} notices delivered",
+            store.delivered,
+            ids.len()
+        ));
+    }
+    let secs = |d: Duration| (d.as_secs_f64() * 1000.0).round() / 1000.0;
+    let enqueued_s = lock(&enqueued).map(secs);
+    Ok(Measured {
+        elapsed,
+        jobs: p.done(),
+        duplicates: p.duplicates.load(Ordering::Relaxed),
+        leases: p.leases.load(Ordering::Relaxed),
+        acks: p.acks.load(Ordering::Relaxed),
+        notices: Some(NoticeFigures {
+            delivered: seen.delivered,
+            requests: seen.requests,
+            first_attempt_failures: seen.first_attempt_failures,
+            duplicates: seen.duplicates,
+            bad_signatures: seen.bad_signatures,
+            unexpected: seen.unexpected,
+            store_delivered: store.delivered,
+            store_attempts: store.attempts,
+            enqueued_s,
+            drained_s: secs(drained),
+            notified_s: secs(elapsed),
+            completion_to_ack_ms: Percentiles::of(&seen.completion_to_ack_ms),
+            enqueue_to_ack_ms: Percentiles::of(&seen.enqueue_to_ack_ms),
+            receiver_fail_percent: FAIL_PERCENT,
+            retry_schedule_ms: None,
+            default_webhook_settings: None,
+            problems,
+        }),
+        ..Measured::default()
+    })
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Waits until the receiver has acknowledged a notice for all `n` jobs. Fails at once on
+/// a bad signature; when nothing arrives for a second, looks at a job whose notice is
+/// missing and fails clearly if it is dead (e.g. refused by the server's SSRF guard);
+/// fails when no notice is acknowledged for [`NOTICE_STALL`].
+async fn wait_for_notices(
+    client: &Client,
+    receiver: &Receiver,
+    ids: &[JobId],
+    n: u64,
+    pb: &ProgressBar,
+) -> anyhow::Result<()> {
+    let mut acked = receiver.acked();
+    let mut last = (*acked.borrow(), Instant::now());
+    let mut looked = Instant::now();
+    let mut held = None;
+    loop {
+        let now = *acked.borrow_and_update();
+        pb.set_position(now);
+        if now >= n {
+            return Ok(());
+        }
+        if let (bad @ 1.., first) = receiver.bad_signatures() {
+            anyhow::bail!(
+                "{bad} notices failed signature verification with the tenant's callback secret: {}",
+                first.unwrap_or_default()
+            );
+        }
+        if now != last.0 {
+            last = (now, Instant::now());
+        }
+        let quiet = last.1.elapsed();
+        if quiet > NOTICE_STALL {
+            let seen = receiver.snapshot();
+            anyhow::bail!(
+                "stalled: {now} of {n} notices acknowledged and none for {} s (the receiver got \
+                 {} requests, {} of them first attempts it failed on purpose); {}",
+                NOTICE_STALL.as_secs(),
+                seen.requests,
+                seen.first_attempt_failures,
+                held.as_deref()
+                    .unwrap_or("see GET /v1/jobs/{id}/deliveries")
+            );
+        }
+        if quiet >= Duration::from_secs(1) && looked.elapsed() >= Duration::from_secs(1) {
+            looked = Instant::now();
+            if let Some(job) = receiver.missing(ids).into_iter().next() {
+                held = look_at_missing_notice(client, &job, &receiver.url).await?;
+            }
+        }
+        tokio::select! {
+            changed = acked.changed() => changed.context("the notice receiver stopped")?,
+            _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+        }
+    }
+}
+
+/// Fails when the notice of `job` to `url` is dead or was never made; says so when it is
+/// overdue (the server holds it back).
+async fn look_at_missing_notice(
+    client: &Client,
+    job: &JobId,
+    url: &str,
+) -> anyhow::Result<Option<String>> {
+    let deliveries = client
+        .job_deliveries(job)
+        .await
+        .with_context(|| format!("reading the deliveries of {job}"))?;
+    let Some(d) = deliveries.iter().find(|d| d.url == url) else {
+        anyhow::bail!("job {job} has no notice to the bench's receiver ({url}) in the store");
+    };
+    if d.state == DeliveryState::Dead {
+        let error = d.last_error.as_deref().unwrap_or("no error recorded");
+        if error.contains("SSRF guard") {
+            anyhow::bail!(
+                "the server refuses to send notices to the bench's receiver on 127.0.0.1 \
+                 ({error}); start it with --webhook-allow-cidrs 127.0.0.1/32 (or \
+                 VOW_WEBHOOK_ALLOW_CIDRS=127.0.0.1/32) to run W6 against it"
+            );
+        }
+        anyhow::bail!("the notice {} of job {job} is dead: {error}", d.id);
+    }
+    let overdue_s = d
+        .next_attempt_at
+        .map(|t| (now_ms() - t.millis() as f64) / 1000.0)
+        .filter(|s| *s > 2.0);
+    Ok(overdue_s.map(|s| {
+        format!(
+            "e.g. the notice {} of job {job} is pending after {} attempts and {s:.0} s overdue: \
+             the server holds it back (its circuit breaker rests an endpoint after 5 \
+             consecutive failed attempts for 30 s, doubling after each failed probe; \
+             [webhooks.breaker] in its settings)",
+            d.id, d.attempts
+        )
+    }))
+}
+
+/// What the server says about the notices.
+#[derive(Debug, Default)]
+struct StoreDeliveries {
+    delivered: u64,
+    attempts: u64,
+    problems: Vec<String>,
+}
+
+/// Reads every job's delivery to `url` back from the server, 8 requests at a time. A
+/// delivery still `pending` (its outcome being recorded) is read again for up to
+/// [`RECORD_GRACE`].
+async fn store_deliveries(
+    client: &Client,
+    ids: &[JobId],
+    url: &str,
+    pb: &ProgressBar,
+) -> anyhow::Result<StoreDeliveries> {
+    const READERS: usize = 8;
+    pb.set_length(ids.len() as u64);
+    let chunk = ids.len().div_ceil(READERS).max(1);
+    let mut readers: JoinSet<anyhow::Result<StoreDeliveries>> = JoinSet::new();
+    for part in ids.chunks(chunk) {
+        let (client, part, url, pb) = (client.clone(), part.to_vec(), url.to_owned(), pb.clone());
+        readers.spawn(async move {
+            let mut out = StoreDeliveries::default();
+            for job in part {
+                let deadline = Instant::now() + RECORD_GRACE;
+                loop {
+                    let all = client
+                        .job_deliveries(&job)
+                        .await
+                        .with_context(|| format!("reading the deliveries of {job}"))?;
+                    let mine: Vec<_> = all.iter().filter(|d| d.url == url).collect();
+                    match mine.as_slice() {
+                        [d] if d.state == DeliveryState::Delivered => {
+                            out.delivered += 1;
+                            out.attempts += u64::from(d.attempts);
+                        }
+                        [d] if d.state == DeliveryState::Pending && Instant::now() < deadline => {
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                            continue;
+                        }
+                        other => {
+                            out.attempts += other.iter().map(|d| u64::from(d.attempts)).sum::<u64>();
+                            if out.problems.len() < 3 {
+                                let states: Vec<_> =
+                                    other.iter().map(|d| d.state.as_str()).collect();
+                                out.problems.push(format!(
+                                    "job {job}: the server shows {} notices to the receiver ({}), expected one delivered",
+                                    other.len(),
+                                    states.join(", ")
+                                ));
+                            }
+                        }
+                    }
+                    break;
+                }
+                pb.inc(1);
+            }
+            Ok(out)
+        });
+    }
+    let mut total = StoreDeliveries::default();
+    while let Some(joined) = readers.join_next().await {
+        let part = joined.context("a delivery reader panicked")??;
+        total.delivered += part.delivered;
+        total.attempts += part.attempts;
+        total.problems.extend(part.problems);
+    }
+    total.problems.truncate(3);
+    Ok(total)
 }
 
 /// Peak RSS of the server so far, when its pid is known.
