@@ -43,7 +43,10 @@ CREATE TABLE deliveries (
     created_at      INTEGER NOT NULL,
     delivered_at    INTEGER
 );
-CREATE INDEX deliveries_due ON deliveries (next_attempt_at) WHERE state = 'pending';
+-- The dispatcher's claim walks this in due order; it covers tenant and endpoint so
+-- deliveries of open or saturated endpoints are skipped without reading their rows.
+CREATE INDEX deliveries_due ON deliveries (next_attempt_at, id, tenant_id, endpoint)
+    WHERE state = 'pending';
 CREATE INDEX deliveries_job ON deliveries (tenant_id, job_id, id);
 CREATE INDEX deliveries_webhook ON deliveries (webhook_id, id) WHERE webhook_id IS NOT NULL;
 CREATE INDEX deliveries_tenant ON deliveries (tenant_id, id);

@@ -340,79 +340,84 @@ fn webhook_secrets(
 }
 
 pub(crate) fn delivery_claim(c: &Connection, p: &DeliveryClaim) -> StoreResult<Vec<DeliveryTask>> {
-    // Endpoints whose breaker is open are left out in SQL; saturated ones are skipped
-    // below, paging on so a backlog behind one receiver never hides the others'.
-    let page = (p.limit * 4).max(64);
-    let mut candidates: Vec<(DeliveryTask, i64)> = Vec::new();
-    let mut after: Option<(i64, String)> = None;
-    let mut more = true;
-    let next_page = |after: &Option<(i64, String)>| -> StoreResult<Vec<(DeliveryTask, i64)>> {
-        let (at, id) = after.clone().unwrap_or((i64::MIN, String::new()));
-        c.prepare_cached(
-            "SELECT d.id, d.tenant_id, d.job_id, d.webhook_id, d.event, d.url, d.endpoint, \
-             d.body, d.attempts, d.round_start, d.next_attempt_at FROM deliveries d \
-             WHERE d.state = 'pending' AND d.next_attempt_at <= ?1 \
-               AND (d.next_attempt_at, d.id) > (?3, ?4) \
-               AND NOT EXISTS (SELECT 1 FROM endpoints e WHERE e.tenant_id = d.tenant_id \
-                               AND e.endpoint = d.endpoint AND e.open_until > ?1) \
-             ORDER BY d.next_attempt_at, d.id LIMIT ?2",
-        )
+    // Pass 1 walks the due index (it covers tenant and endpoint, so no row is read) and
+    // picks deliveries in due order, skipping open breakers and saturated endpoints: a
+    // backlog behind one receiver never hides the others', and costs an index walk,
+    // not a decode of every row. Pass 2 reads the picked rows.
+    let open: std::collections::HashSet<(String, String)> = c
+        .prepare_cached("SELECT tenant_id, endpoint FROM endpoints WHERE open_until > ?1")
         .and_then(|mut s| {
-            s.query_map(params![p.now.0, page as i64, at, id], task_from_row)?
+            s.query_map([p.now.0], |r| Ok((r.get(0)?, r.get(1)?)))?
                 .collect()
         })
-        .map_err(internal)
-    };
+        .map_err(internal)?;
     let hold_until = p.now.plus_ms(p.hold_ms as i64);
-    let mut admissions: HashMap<(TenantId, String), Admission> = HashMap::new();
-    let mut slots: HashMap<(TenantId, String), usize> = HashMap::new();
-    let mut tasks = Vec::new();
-    while tasks.len() < p.limit {
-        if candidates.is_empty() {
-            if !more {
+    let mut slots: HashMap<(String, String), usize> = HashMap::new();
+    // Endpoints whose breaker was asked, and those shut for the rest of this claim.
+    let mut checked: std::collections::HashSet<(String, String)> = Default::default();
+    let mut probed: std::collections::HashSet<(String, String)> = Default::default();
+    let mut picked: Vec<String> = Vec::new();
+    {
+        let mut due = c
+            .prepare_cached(
+                "SELECT id, tenant_id, endpoint FROM deliveries INDEXED BY deliveries_due \
+                 WHERE state = 'pending' AND next_attempt_at <= ?1 \
+                 ORDER BY next_attempt_at, id",
+            )
+            .map_err(internal)?;
+        let mut rows = due.query([p.now.0]).map_err(internal)?;
+        while picked.len() < p.limit {
+            let Some(row) = rows.next().map_err(internal)? else {
                 break;
-            }
-            candidates = next_page(&after)?;
-            more = candidates.len() == page;
-            candidates.reverse(); // popped from the end, oldest first
-            if candidates.is_empty() {
-                break;
-            }
-        }
-        let Some((mut task, due)) = candidates.pop() else {
-            break;
-        };
-        after = Some((due, task.id.to_string()));
-        let key = (task.tenant_id.clone(), task.endpoint.clone());
-        let taken = *slots
-            .entry(key.clone())
-            .or_insert_with(|| p.in_flight.get(&key).copied().unwrap_or(0));
-        if taken >= p.per_endpoint {
-            continue;
-        }
-        let (tenant, endpoint) = (task.tenant_id.as_str(), task.endpoint.as_str());
-        let admission = match admissions.get(&key) {
-            Some(a) => *a,
-            None => p
-                .breaker
-                .admit(endpoint_health(c, tenant, endpoint)?, p.now),
-        };
-        match admission {
-            Admission::Open(_) => {
-                admissions.insert(key, admission);
+            };
+            let (id, tenant, endpoint): (String, String, String) = (
+                row.get(0).map_err(internal)?,
+                row.get(1).map_err(internal)?,
+                row.get(2).map_err(internal)?,
+            );
+            let key = (tenant, endpoint);
+            if open.contains(&key) || probed.contains(&key) {
                 continue;
             }
-            Admission::Probe => {
-                // One probe; the endpoint stays shut to others while it runs.
-                let mut h = endpoint_health(c, tenant, endpoint)?;
-                h.open_until = Some(hold_until);
-                endpoint_save(c, tenant, endpoint, h)?;
-                admissions.insert(key.clone(), Admission::Open(hold_until));
+            let taken = slots.entry(key.clone()).or_insert_with(|| {
+                let tenant_id: Option<TenantId> = key.0.parse().ok();
+                tenant_id
+                    .and_then(|t| p.in_flight.get(&(t, key.1.clone())).copied())
+                    .unwrap_or(0)
+            });
+            if *taken >= p.per_endpoint {
+                continue;
             }
-            Admission::Closed => {
-                admissions.insert(key.clone(), admission);
+            *taken += 1;
+            if checked.insert(key.clone()) {
+                // First look at this endpoint in this claim: ask its breaker.
+                match p.breaker.admit(endpoint_health(c, &key.0, &key.1)?, p.now) {
+                    Admission::Open(_) => {
+                        probed.insert(key);
+                        continue;
+                    }
+                    Admission::Probe => {
+                        // One probe; the endpoint stays shut to others while it runs.
+                        let mut h = endpoint_health(c, &key.0, &key.1)?;
+                        h.open_until = Some(hold_until);
+                        endpoint_save(c, &key.0, &key.1, h)?;
+                        probed.insert(key);
+                    }
+                    Admission::Closed => {}
+                }
             }
+            picked.push(id);
         }
+    }
+    let mut tasks = Vec::with_capacity(picked.len());
+    for id in picked {
+        let (mut task, _) = c
+            .prepare_cached(
+                "SELECT id, tenant_id, job_id, webhook_id, event, url, endpoint, body, \
+                 attempts, round_start, next_attempt_at FROM deliveries WHERE id = ?1",
+            )
+            .and_then(|mut s| s.query_row([id.as_str()], task_from_row))
+            .map_err(internal)?;
         task.secrets = match &task.webhook_id {
             Some(w) => match webhook_secrets(c, &task.tenant_id, w, p.now)? {
                 Some(secrets) => secrets,
@@ -421,16 +426,15 @@ pub(crate) fn delivery_claim(c: &Connection, p: &DeliveryClaim) -> StoreResult<V
                         "UPDATE deliveries SET state = 'dead', next_attempt_at = NULL, \
                          last_error = 'webhook deleted' WHERE id = ?1",
                     )
-                    .and_then(|mut s| s.execute([task.id.as_str()]))
+                    .and_then(|mut s| s.execute([id.as_str()]))
                     .map_err(internal)?;
                     continue;
                 }
             },
-            None => callback_secrets(c, tenant, p.now)?,
+            None => callback_secrets(c, task.tenant_id.as_str(), p.now)?,
         };
-        *slots.entry(key).or_default() += 1;
         c.prepare_cached("UPDATE deliveries SET next_attempt_at = ?2 WHERE id = ?1")
-            .and_then(|mut s| s.execute(params![task.id.as_str(), hold_until.0]))
+            .and_then(|mut s| s.execute(params![id.as_str(), hold_until.0]))
             .map_err(internal)?;
         tasks.push(task);
     }

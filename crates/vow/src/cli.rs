@@ -114,7 +114,7 @@ pub enum Command {
     /// Example: vow worker --queue emails --concurrency 4 -- ./send-email.sh
     Worker(WorkerArgs),
 
-    /// Run the BENCH.md workloads (W1-W4) through the HTTP API and report the figures.
+    /// Run the BENCH.md workloads (W1-W4, W6) through the HTTP API and report the figures.
     ///
     /// By default each workload gets a fresh `vow serve` child (embedded store in a temp
     /// dir, or --store) so the server's CPU and peak RSS are measured apart from the

@@ -498,7 +498,13 @@ fn webhook_subscriptions_print_their_secret_once() {
 fn a_refused_callback_is_dead_logged_and_can_be_retried() {
     let s = Server::start();
     // A callback_url needs the tenant's callback secret first.
-    let out = s.run(&["enqueue", "cb", "{}", "--callback-url", "http://127.0.0.1:9/x"]);
+    let out = s.run(&[
+        "enqueue",
+        "cb",
+        "{}",
+        "--callback-url",
+        "http://127.0.0.1:9/x",
+    ]);
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("callback-secret"), "{stderr}");

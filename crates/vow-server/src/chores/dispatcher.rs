@@ -27,6 +27,8 @@ use crate::App;
 const HOLD_MARGIN_MS: u64 = 5_000;
 /// Shortest gap between two claims prompted by job events (events come in bursts).
 const NUDGE_GAP: Duration = Duration::from_millis(20);
+/// How long a freed slot waits for others before the next claim.
+const GATHER: Duration = Duration::from_millis(2);
 /// How long shutdown waits for sends in flight before leaving them to the next claim.
 const DRAIN: Duration = Duration::from_secs(5);
 
@@ -78,10 +80,13 @@ impl Dispatcher {
                         if let Some(Ok(key)) = done {
                             release(&mut busy, &key);
                         }
+                        // Sends to one receiver tend to finish together: gather them
+                        // into one claim rather than claim once per freed slot.
+                        tokio::time::sleep(GATHER).await;
                         while let Some(Ok(key)) = sends.try_join_next() {
                             release(&mut busy, &key);
                         }
-                        break; // a slot freed: claim again
+                        break; // slots freed: claim again
                     }
                     ev = events.recv(), if bus_open => {
                         let worthy = match &ev {

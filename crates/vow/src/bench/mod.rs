@@ -40,11 +40,10 @@ pub struct BenchArgs {
     /// receiver in the bench on 127.0.0.1 that verifies every signature and fails 30 %
     /// of first attempts; timed until every notice is acknowledged, so it takes at least
     /// the server's first retry delay, 5 s by default; BENCH_N_NOTICE sets its size).
-    /// W6 is not in the default set: run it with --workloads W6. W5 is not available
-    /// yet. W6 lets its spawned server reach 127.0.0.1 (--webhook-allow-cidrs
+    /// W5 is not available yet. W6 lets its spawned server reach 127.0.0.1 (--webhook-allow-cidrs
     /// 127.0.0.1/32); with --url the server must allow that itself and be on this
     /// machine, and W6 rotates the tenant's callback secret (POST /v1/callback-secret).
-    #[arg(long, value_delimiter = ',', default_value = "W1,W2,W3,W4", value_parser = parse_workload)]
+    #[arg(long, value_delimiter = ',', default_value = "W1,W2,W3,W4,W6", value_parser = parse_workload)]
     pub workloads: Vec<Workload>,
 
     /// Store URL for the servers the bench starts (passed to `vow serve --store`)
