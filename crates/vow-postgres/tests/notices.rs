@@ -110,14 +110,15 @@ async fn a_half_open_endpoint_yields_one_probe_across_nodes() {
     let (a, b) = (node(&db).await, node(&db).await);
     let breaker = Breaker::default();
     // Several tenants, each with its own (per-tenant) endpoint health, all tripped.
+    let per_tenant = breaker.threshold as usize + 5;
     let mut tenants = Vec::new();
     for i in 0..6 {
         let t = tenant(&a, &format!("t{i}")).await;
-        completed(&a, &t, "https://down.example/h", 10).await;
+        completed(&a, &t, "https://down.example/h", per_tenant).await;
         tenants.push(t);
     }
     let first = a.delivery_claim(&claim_at(T0, 1_000)).await.unwrap();
-    assert_eq!(first.len(), 60);
+    assert_eq!(first.len(), 6 * per_tenant);
     for t in &tenants {
         let mine = first.iter().filter(|d| &d.tenant_id == t);
         for d in mine.take(breaker.threshold as usize) {
