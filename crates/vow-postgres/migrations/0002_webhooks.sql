@@ -37,6 +37,7 @@ CREATE TABLE deliveries (
     url             TEXT NOT NULL,
     endpoint        TEXT NOT NULL,     -- origin of url: breaker and concurrency cap
     body            TEXT NOT NULL,
+    traceparent     TEXT,              -- the job's W3C trace context, sent as a header
     state           TEXT NOT NULL,     -- pending | delivered | dead
     attempts        INTEGER NOT NULL DEFAULT 0,
     round_start     INTEGER NOT NULL DEFAULT 0,  -- attempts when the current round began

@@ -114,6 +114,7 @@ pub(crate) async fn outbox(
     let mut urls: Vec<&str> = Vec::new();
     let mut endpoints: Vec<String> = Vec::new();
     let mut body_of: Vec<i32> = Vec::new();
+    let mut traces: Vec<Option<&str>> = Vec::new();
     let mut bodies: Vec<String> = Vec::new();
     for n in notices {
         let callback = n
@@ -144,6 +145,7 @@ pub(crate) async fn outbox(
             urls.push(url);
             endpoints.push(endpoint);
             body_of.push(bodies.len() as i32); // 1-based, as SQL arrays are
+            traces.push(n.job.traceparent.as_deref());
         }
     }
     if ids.is_empty() {
@@ -152,11 +154,11 @@ pub(crate) async fn outbox(
     execute(
         tx,
         "INSERT INTO deliveries (id, tenant_id, job_id, webhook_id, event, url, endpoint, body, \
-           state, attempts, round_start, next_attempt_at, created_at) \
-         SELECT u.id, u.t, u.j, u.w, u.e, u.url, u.ep, ($9::text[])[u.b], 'pending', 0, 0, \
+           traceparent, state, attempts, round_start, next_attempt_at, created_at) \
+         SELECT u.id, u.t, u.j, u.w, u.e, u.url, u.ep, ($9::text[])[u.b], u.tp, 'pending', 0, 0, \
            $10::int8, $10::int8 \
          FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], \
-                     $7::text[], $8::int4[]) AS u(id, t, j, w, e, url, ep, b)",
+                     $7::text[], $8::int4[], $11::text[]) AS u(id, t, j, w, e, url, ep, b, tp)",
         &[
             &ids,
             &row_tenants,
@@ -168,6 +170,7 @@ pub(crate) async fn outbox(
             &body_of,
             &bodies,
             &now.0,
+            &traces,
         ],
     )
     .await?;
@@ -199,6 +202,7 @@ struct Due {
     body: String,
     attempts: i32,
     round_start: i32,
+    traceparent: Option<String>,
 }
 
 fn due_from_row(r: &Row) -> StoreResult<Due> {
@@ -213,6 +217,7 @@ fn due_from_row(r: &Row) -> StoreResult<Due> {
         body: get(r, 7)?,
         attempts: get(r, 8)?,
         round_start: get(r, 9)?,
+        traceparent: get(r, 10)?,
     })
 }
 
@@ -265,7 +270,7 @@ pub(crate) async fn claim(
     let due = query(
         tx,
         "SELECT d.id, d.tenant_id, d.job_id, d.webhook_id, d.event, d.url, d.endpoint, d.body, \
-           d.attempts, d.round_start \
+           d.attempts, d.round_start, d.traceparent \
          FROM deliveries d \
          WHERE d.state = 'pending' AND d.next_attempt_at <= $1 \
            AND NOT EXISTS (SELECT 1 FROM endpoints e WHERE e.tenant_id = d.tenant_id \
@@ -489,6 +494,7 @@ pub(crate) async fn claim(
                 url: d.url.clone(),
                 endpoint: d.endpoint.clone(),
                 body: d.body.clone(),
+                traceparent: d.traceparent.clone(),
                 attempts: nonneg(i64::from(d.attempts))?,
                 round_attempts: nonneg(i64::from((d.attempts - d.round_start).max(0)))?,
                 secrets,

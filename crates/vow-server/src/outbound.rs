@@ -144,7 +144,7 @@ impl Outbound {
             Ok(s) => s,
             Err(e) => return failed(format!("cannot sign: {e}"), false),
         };
-        let request = self
+        let mut request = self
             .client
             .post(&task.url)
             .header("content-type", "application/json")
@@ -152,6 +152,14 @@ impl Outbound {
             .header("webhook-timestamp", now_secs.to_string())
             .header("webhook-signature", signature)
             .body(task.body.clone());
+        let trace = task
+            .traceparent
+            .as_deref()
+            .map(reqwest::header::HeaderValue::from_str);
+        if let Some(Ok(tp)) = trace {
+            // The trace of the job's enqueue carries on into its notice.
+            request = request.header("traceparent", tp);
+        }
         let mut response = match request.send().await {
             Ok(r) => r,
             Err(e) => {

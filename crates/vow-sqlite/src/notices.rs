@@ -52,8 +52,8 @@ pub(crate) fn outbox(c: &Connection, job: &Job, t: NoticeType, now: Timestamp) -
     let mut insert = c
         .prepare_cached(
             "INSERT INTO deliveries (id, tenant_id, job_id, webhook_id, event, url, endpoint, \
-             body, state, next_attempt_at, created_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'pending', ?9, ?9)",
+             body, traceparent, state, next_attempt_at, created_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?10, 'pending', ?9, ?9)",
         )
         .map_err(internal)?;
     for (webhook, url) in targets {
@@ -69,6 +69,7 @@ pub(crate) fn outbox(c: &Connection, job: &Job, t: NoticeType, now: Timestamp) -
                 endpoint,
                 body,
                 now.0,
+                job.traceparent,
             ])
             .map_err(internal)?;
     }
@@ -310,6 +311,7 @@ fn task_from_row(r: &Row<'_>) -> rusqlite::Result<(DeliveryTask, i64)> {
         url: r.get(5)?,
         endpoint: r.get(6)?,
         body: r.get(7)?,
+        traceparent: r.get(11)?,
         attempts,
         round_attempts: attempts.saturating_sub(round_start),
         secrets: Vec::new(),
@@ -414,7 +416,8 @@ pub(crate) fn delivery_claim(c: &Connection, p: &DeliveryClaim) -> StoreResult<V
         let (mut task, _) = c
             .prepare_cached(
                 "SELECT id, tenant_id, job_id, webhook_id, event, url, endpoint, body, \
-                 attempts, round_start, next_attempt_at FROM deliveries WHERE id = ?1",
+                 attempts, round_start, next_attempt_at, traceparent FROM deliveries \
+                 WHERE id = ?1",
             )
             .and_then(|mut s| s.query_row([id.as_str()], task_from_row))
             .map_err(internal)?;

@@ -309,6 +309,50 @@ pub async fn outbox_rows_come_with_transitions(store: DynStore) {
     assert!(!task.body.contains("\"payload\""));
     assert_eq!(task.endpoint, "https://caller.example");
     assert_eq!(task.tenant_id, a);
+    assert_eq!(task.traceparent, None);
+
+    // The job's trace context travels with its notices.
+    const TP: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let req: vow_core::api::EnqueueRequest =
+        serde_json::from_value(json!({ "payload": 5, "callback_url": "https://caller.example/t" }))
+            .unwrap();
+    let traced = req
+        .validate(
+            &vow_core::limits::Limits::default(),
+            T0,
+            None,
+            Some(TP.to_owned()),
+        )
+        .unwrap();
+    let traced_id = traced.id.clone();
+    store
+        .job_insert_many(JobInsertMany {
+            tenant_id: a.clone(),
+            queue: q("traced"),
+            jobs: vec![traced],
+            now: T0,
+        })
+        .await
+        .unwrap();
+    let leased = lease(&store, &a, "traced", 1, None, T0).await;
+    store
+        .job_ack_many(JobAckMany {
+            tenant_id: a.clone(),
+            items: vec![AckItem::Complete {
+                id: traced_id.clone(),
+                lease_id: leased[0].lease_id.clone().unwrap(),
+                result: None,
+            }],
+            now: T0,
+        })
+        .await
+        .unwrap();
+    let tasks = claim(&store, T0).await;
+    let task = tasks
+        .iter()
+        .find(|t| t.job_id == traced_id && t.webhook_id.is_none())
+        .unwrap();
+    assert_eq!(task.traceparent.as_deref(), Some(TP));
 }
 
 /// Claims hold deliveries while they are sent; outcomes move them on (delivered, retry

@@ -399,6 +399,8 @@ pub struct DeliveryTask {
     pub endpoint: String,
     /// The exact body to send.
     pub body: String,
+    /// The job's W3C trace context (from its enqueue), sent as `traceparent`.
+    pub traceparent: Option<String>,
     /// Attempts made before this one (the fence for [`DeliveryOutcome`]).
     pub attempts: u32,
     /// Attempts made in the current round (since creation or the last replay).

@@ -23,6 +23,7 @@ pub struct Received {
     pub verified: bool,
     pub signatures: usize,
     pub answered: u16,
+    pub traceparent: Option<String>,
 }
 
 #[derive(Default)]
@@ -89,6 +90,10 @@ async fn handle(
         verified,
         signatures: sig.split_whitespace().count(),
         answered: status,
+        traceparent: headers
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned),
     });
     StatusCode::from_u16(status).unwrap()
 }

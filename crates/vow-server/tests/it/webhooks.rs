@@ -509,3 +509,36 @@ async fn dead_deliveries_replay_with_the_same_id() {
         "one webhook-id throughout"
     );
 }
+
+/// The trace context of a job's enqueue (W3C `traceparent`) is sent with its notices.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notices_carry_the_jobs_traceparent() {
+    const TP: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let t = TestApp::spawn_with(fast).await;
+    let api = t.client();
+    let rx = Receiver::start(0).await;
+    let secret: CallbackSecretView = api
+        .ok(Method::POST, "/v1/callback-secret", None, StatusCode::OK)
+        .await;
+    rx.trust(&secret.secret);
+    let r = api
+        .http
+        .post(format!("{}/v1/queues/traced/jobs", api.base))
+        .bearer_auth(api.key.as_ref().unwrap())
+        .header("traceparent", TP)
+        .json(&json!({ "payload": 1, "callback_url": rx.url("/t") }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let leased = api.lease("traced", 1, 1_000, None).await;
+    let (s, _) = api.complete(&leased[0], json!(null)).await;
+    assert_eq!(s, StatusCode::OK);
+    let got = eventually(10, || {
+        let rx = &rx;
+        async move { rx.received().into_iter().next() }
+    })
+    .await;
+    assert!(got.verified);
+    assert_eq!(got.traceparent.as_deref(), Some(TP));
+}
