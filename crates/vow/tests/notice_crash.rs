@@ -8,8 +8,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
-use support::receiver::HangingReceiver;
+use support::notices::{wait_in_flight, Api};
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -85,63 +84,16 @@ async fn kill_9_mid_delivery_then_every_notice_still_arrives() {
         .build()
         .unwrap();
 
-    let secret: Value = http
-        .post(format!("{base}/v1/callback-secret"))
-        .bearer_auth(&key)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let rx = HangingReceiver::start(secret["secret"].as_str().unwrap()).await;
-    let target = rx.url.clone();
+    let api = Api {
+        http: &http,
+        base: &base,
+        key: &key,
+    };
+    let rx = api.receiver().await;
 
     // Five jobs complete; their notices get stuck in flight at the receiver.
-    let mut jobs = Vec::new();
-    for i in 0..5 {
-        let job: Value = http
-            .post(format!("{base}/v1/queues/pay/jobs"))
-            .bearer_auth(&key)
-            .json(&json!({ "payload": i, "callback_url": target }))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        jobs.push(job["id"].as_str().unwrap().to_owned());
-    }
-    let leased: Value = http
-        .post(format!("{base}/v1/queues/pay/lease"))
-        .bearer_auth(&key)
-        .json(&json!({ "worker_id": "w", "max_jobs": 5, "wait_ms": 1000 }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let complete: Vec<Value> = leased["jobs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|j| json!({ "id": j["id"], "lease_id": j["lease_id"], "result": { "ok": true } }))
-        .collect();
-    assert_eq!(complete.len(), 5);
-    let r = http
-        .post(format!("{base}/v1/acks"))
-        .bearer_auth(&key)
-        .json(&json!({ "complete": complete }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while rx.distinct() < 5 {
-        assert!(Instant::now() < deadline, "the notices were never sent");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let jobs = api.complete_with_callbacks("pay", 5, &rx.url).await;
+    wait_in_flight(&rx, 5).await;
     let in_flight: HashSet<String> = rx.seen.lock().unwrap().requests.keys().cloned().collect();
 
     // kill -9 while all five are in flight; the receiver recovers; the server restarts.
@@ -153,34 +105,7 @@ async fn kill_9_mid_delivery_then_every_notice_still_arrives() {
     rx.release();
     let _server = start(&data, &config, port).await;
 
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let mut delivered = 0;
-        for job in &jobs {
-            let ds: Value = http
-                .get(format!("{base}/v1/jobs/{job}/deliveries"))
-                .bearer_auth(&key)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            let items = ds["items"].as_array().unwrap();
-            assert_eq!(items.len(), 1, "{ds}");
-            if items[0]["state"] == "delivered" {
-                delivered += 1;
-            }
-        }
-        if delivered == jobs.len() {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "only {delivered} of 5 notices delivered after the restart"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    api.wait_delivered(&jobs).await;
     let seen = rx.seen.lock().unwrap();
     assert_eq!(seen.bad_signatures, 0, "every request verified");
     assert_eq!(

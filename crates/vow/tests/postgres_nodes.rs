@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use support::receiver::HangingReceiver;
+use support::notices::{wait_in_flight, Api};
 use testpg::Cluster;
 
 const QUEUE: &str = "work";
@@ -518,60 +518,14 @@ async fn notices_in_flight_survive_the_dispatching_node() {
     let http = http();
     let base0 = first.base.clone();
 
-    let secret: Value = http
-        .post(format!("{base0}/v1/callback-secret"))
-        .bearer_auth(&key)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let rx = HangingReceiver::start(secret["secret"].as_str().unwrap()).await;
-    let mut jobs = Vec::new();
-    for i in 0..4 {
-        let job: Value = http
-            .post(format!("{base0}/v1/queues/{QUEUE}/jobs"))
-            .bearer_auth(&key)
-            .json(&json!({ "payload": i, "callback_url": rx.url }))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        jobs.push(job["id"].as_str().unwrap().to_owned());
-    }
-    let leased: Value = http
-        .post(format!("{base0}/v1/queues/{QUEUE}/lease"))
-        .bearer_auth(&key)
-        .json(&json!({ "worker_id": "w", "max_jobs": 4, "wait_ms": 1000 }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let complete: Vec<Value> = leased["jobs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|j| json!({ "id": j["id"], "lease_id": j["lease_id"], "result": 1 }))
-        .collect();
-    assert_eq!(complete.len(), 4);
-    let r = http
-        .post(format!("{base0}/v1/acks"))
-        .bearer_auth(&key)
-        .json(&json!({ "complete": complete }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while rx.distinct() < 4 {
-        assert!(Instant::now() < deadline, "the notices were never sent");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let api0 = Api {
+        http: &http,
+        base: &base0,
+        key: &key,
+    };
+    let rx = api0.receiver().await;
+    let jobs = api0.complete_with_callbacks(QUEUE, 4, &rx.url).await;
+    wait_in_flight(&rx, 4).await;
 
     // A second node joins; node 0 dies holding the notices; the receiver recovers.
     let second = start_with(&dir.path().join("n1"), &db.url, &root, &extra).await;
@@ -582,32 +536,12 @@ async fn notices_in_flight_survive_the_dispatching_node() {
     drop(first);
     rx.release();
 
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let mut delivered = 0;
-        for job in &jobs {
-            let ds: Value = http
-                .get(format!("{}/v1/jobs/{job}/deliveries", second.base))
-                .bearer_auth(&key)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            let items = ds["items"].as_array().unwrap();
-            assert_eq!(items.len(), 1, "{ds}");
-            delivered += usize::from(items[0]["state"] == "delivered");
-        }
-        if delivered == jobs.len() {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{delivered} of 4 notices delivered after the takeover"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let api1 = Api {
+        http: &http,
+        base: &second.base,
+        key: &key,
+    };
+    api1.wait_delivered(&jobs).await;
     let seen = rx.seen.lock().unwrap();
     assert_eq!(seen.bad_signatures, 0);
     assert_eq!(

@@ -3,4 +3,5 @@
 
 #![allow(dead_code)] // not every test file uses every helper
 
+pub mod notices;
 pub mod receiver;
