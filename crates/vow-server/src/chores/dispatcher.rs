@@ -43,7 +43,10 @@ impl Dispatcher {
     pub async fn run(app: App) {
         let mut lead = Leadership::new("dispatcher");
         let mut events = app.store.bus().subscribe();
-        let mut sends: JoinSet<Endpoint> = JoinSet::new();
+        let mut sends: JoinSet<()> = JoinSet::new();
+        // The endpoint of each send in flight, to free its slot however the send ends
+        // (a panicking send must not hold a slot forever).
+        let mut sending: HashMap<tokio::task::Id, Endpoint> = HashMap::new();
         let mut busy: HashMap<Endpoint, usize> = HashMap::new();
         let settings = app.webhooks.clone();
         let mut bus_open = true;
@@ -67,7 +70,8 @@ impl Dispatcher {
                         for task in tasks {
                             let key = (task.tenant_id.clone(), task.endpoint.clone());
                             *busy.entry(key.clone()).or_default() += 1;
-                            sends.spawn(deliver(app.clone(), task, key));
+                            let handle = sends.spawn(deliver(app.clone(), task));
+                            sending.insert(handle.id(), key);
                         }
                     }
                     Err(e) => tracing::warn!(error = %e, "cannot claim deliveries"),
@@ -76,15 +80,15 @@ impl Dispatcher {
             let deadline = tokio::time::Instant::now() + pause;
             loop {
                 tokio::select! {
-                    done = sends.join_next(), if !sends.is_empty() => {
-                        if let Some(Ok(key)) = done {
-                            release(&mut busy, &key);
+                    done = sends.join_next_with_id(), if !sends.is_empty() => {
+                        if let Some(done) = done {
+                            release(&mut busy, &mut sending, done);
                         }
                         // Sends to one receiver tend to finish together: gather them
                         // into one claim rather than claim once per freed slot.
                         tokio::time::sleep(GATHER).await;
-                        while let Some(Ok(key)) = sends.try_join_next() {
-                            release(&mut busy, &key);
+                        while let Some(done) = sends.try_join_next_with_id() {
+                            release(&mut busy, &mut sending, done);
                         }
                         break; // slots freed: claim again
                     }
@@ -119,17 +123,33 @@ impl Dispatcher {
     }
 }
 
-fn release(busy: &mut HashMap<Endpoint, usize>, key: &Endpoint) {
-    if let Some(n) = busy.get_mut(key) {
+/// Frees the slot of a finished send (done or panicked: a panic is logged; its delivery
+/// is sent again once its hold runs out).
+fn release(
+    busy: &mut HashMap<Endpoint, usize>,
+    sending: &mut HashMap<tokio::task::Id, Endpoint>,
+    done: Result<(tokio::task::Id, ()), tokio::task::JoinError>,
+) {
+    let id = match done {
+        Ok((id, ())) => id,
+        Err(e) => {
+            tracing::error!(error = %e, "a notice send failed unexpectedly");
+            e.id()
+        }
+    };
+    let Some(key) = sending.remove(&id) else {
+        return;
+    };
+    if let Some(n) = busy.get_mut(&key) {
         *n -= 1;
         if *n == 0 {
-            busy.remove(key);
+            busy.remove(&key);
         }
     }
 }
 
-/// Sends one delivery and records the outcome; returns its endpoint (to free the slot).
-async fn deliver(app: App, task: DeliveryTask, key: Endpoint) -> Endpoint {
+/// Sends one delivery and records the outcome.
+async fn deliver(app: App, task: DeliveryTask) {
     let at = app.clock.now();
     let attempt: Attempt = app.outbound.send(&task, at.0.div_euclid(1000)).await;
     let finished = app.clock.now();
@@ -178,5 +198,4 @@ async fn deliver(app: App, task: DeliveryTask, key: Endpoint) -> Endpoint {
             }
         }
     }
-    key
 }
