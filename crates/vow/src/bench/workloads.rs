@@ -283,6 +283,18 @@ impl Progress {
         self.done.load(Ordering::Acquire)
     }
 
+    /// The figures of a drain that took `elapsed`: jobs, duplicates, leases and acks.
+    fn measured(&self, elapsed: Duration) -> Measured {
+        Measured {
+            elapsed,
+            jobs: self.done(),
+            duplicates: self.duplicates.load(Ordering::Relaxed),
+            leases: self.leases.load(Ordering::Relaxed),
+            acks: self.acks.load(Ordering::Relaxed),
+            ..Measured::default()
+        }
+    }
+
     /// Waits until all jobs are done, a task fails, or nothing moves for [`STALL`]; then
     /// stops and joins all tasks.
     async fn wait(&self, tasks: &mut JoinSet<anyhow::Result<()>>) -> anyhow::Result<()> {
@@ -381,14 +393,7 @@ pub async fn w3_drain_per_job(
     p.wait(&mut tasks).await?;
     let elapsed = t0.elapsed();
     meter.stop();
-    Ok(Measured {
-        elapsed,
-        jobs: p.done(),
-        duplicates: p.duplicates.load(Ordering::Relaxed),
-        leases: p.leases.load(Ordering::Relaxed),
-        acks: p.acks.load(Ordering::Relaxed),
-        ..Measured::default()
-    })
+    Ok(p.measured(elapsed))
 }
 
 /// W3 (b): one lease loop asking for as many jobs as it has free slots (of
@@ -410,14 +415,7 @@ pub async fn w3_drain_batched(
     p.wait(&mut tasks).await?;
     let elapsed = t0.elapsed();
     meter.stop();
-    Ok(Measured {
-        elapsed,
-        jobs: p.done(),
-        duplicates: p.duplicates.load(Ordering::Relaxed),
-        leases: p.leases.load(Ordering::Relaxed),
-        acks: p.acks.load(Ordering::Relaxed),
-        ..Measured::default()
-    })
+    Ok(p.measured(elapsed))
 }
 
 /// The batched drain of W3b (also W6's worker): a lease loop and an acker, spawned into
@@ -688,11 +686,6 @@ pub async fn w6_notices(
     let secs = |d: Duration| (d.as_secs_f64() * 1000.0).round() / 1000.0;
     let enqueued_s = lock(&enqueued).map(secs);
     Ok(Measured {
-        elapsed,
-        jobs: p.done(),
-        duplicates: p.duplicates.load(Ordering::Relaxed),
-        leases: p.leases.load(Ordering::Relaxed),
-        acks: p.acks.load(Ordering::Relaxed),
         notices: Some(NoticeFigures {
             delivered: seen.delivered,
             requests: seen.requests,
@@ -712,7 +705,7 @@ pub async fn w6_notices(
             default_webhook_settings: None,
             problems,
         }),
-        ..Measured::default()
+        ..p.measured(elapsed)
     })
 }
 
