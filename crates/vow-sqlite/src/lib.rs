@@ -37,7 +37,6 @@ pub use schema::MIGRATIONS;
 const MAX_GROUP: usize = 1_024;
 /// Reader threads (and connections).
 const READERS: usize = 4;
-
 /// What a command asks the bus to do once its transaction is durable.
 #[derive(Debug, Default)]
 pub(crate) struct Effects {
@@ -61,7 +60,10 @@ impl Effects {
 }
 
 type Finish = Box<dyn FnOnce(Result<(), Arc<str>>) + Send>;
-type WriteCmd = Box<dyn FnOnce(&Connection) -> Finish + Send>;
+/// A write command: runs on the writer's connection inside the open transaction (`alone`
+/// when it is the transaction's only command) and returns what to do once the
+/// transaction has ended, and whether the command failed.
+type WriteCmd = Box<dyn FnOnce(&Connection, bool) -> (Finish, bool) + Send>;
 type ReadCmd = Box<dyn FnOnce(&Connection) + Send>;
 
 /// Counters of the writer thread: how many transactions it committed and how many
@@ -177,32 +179,41 @@ impl SqliteStore {
     ) -> StoreResult<T> {
         let (tx, rx) = oneshot::channel();
         let bus = self.bus.clone();
-        let cmd: WriteCmd = Box::new(move |conn| {
+        let cmd: WriteCmd = Box::new(move |conn, alone| {
             let mut effects = Effects::default();
-            let out = match exec_cached(conn, "SAVEPOINT cmd") {
-                Err(e) => Err(internal(e)),
-                Ok(()) => {
-                    // A panicking command (a bug) fails alone; the writer thread lives on.
-                    let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        f(conn, &mut effects)
-                    }))
+            // A panicking command (a bug) fails alone; the writer thread lives on.
+            let run = |effects: &mut Effects| {
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(conn, effects)))
                     .unwrap_or_else(|_| {
                         tracing::error!("a write command panicked; its changes are rolled back");
                         Err(internal("a write command panicked"))
-                    });
-                    let end = if out.is_err() {
-                        exec_cached(conn, "ROLLBACK TO cmd")
-                            .and_then(|()| exec_cached(conn, "RELEASE cmd"))
-                    } else {
-                        exec_cached(conn, "RELEASE cmd")
-                    };
-                    match end {
-                        Ok(()) => out,
-                        Err(e) => Err(internal(e)),
+                    })
+            };
+            let out = if alone {
+                // The only command of its transaction: if it fails, the writer rolls the
+                // whole transaction back, so it needs no savepoint of its own (and its
+                // pages are not copied into a statement journal).
+                run(&mut effects)
+            } else {
+                match exec_cached(conn, "SAVEPOINT cmd") {
+                    Err(e) => Err(internal(e)),
+                    Ok(()) => {
+                        let out = run(&mut effects);
+                        let end = if out.is_err() {
+                            exec_cached(conn, "ROLLBACK TO cmd")
+                                .and_then(|()| exec_cached(conn, "RELEASE cmd"))
+                        } else {
+                            exec_cached(conn, "RELEASE cmd")
+                        };
+                        match end {
+                            Ok(()) => out,
+                            Err(e) => Err(internal(e)),
+                        }
                     }
                 }
             };
-            Box::new(move |commit: Result<(), Arc<str>>| {
+            let failed = out.is_err();
+            let finish: Finish = Box::new(move |commit: Result<(), Arc<str>>| {
                 let out = match (commit, out) {
                     (Ok(()), Ok(v)) => {
                         effects.apply(&bus);
@@ -212,7 +223,8 @@ impl SqliteStore {
                     (_, Err(e)) => Err(e),
                 };
                 let _ = tx.send(out);
-            })
+            });
+            (finish, failed)
         });
         self.writer
             .send(cmd)
@@ -254,7 +266,7 @@ fn writer_loop(conn: Connection, rx: crossbeam_channel::Receiver<WriteCmd>, stat
                 Err(_) => break,
             }
         }
-        if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+        if let Err(e) = exec_cached(&conn, "BEGIN IMMEDIATE") {
             let msg: Arc<str> = e.to_string().into();
             tracing::error!(error = %msg, "cannot begin a write transaction");
             // Dropping the commands unanswered makes every caller see `Unavailable`.
@@ -264,14 +276,28 @@ fn writer_loop(conn: Connection, rx: crossbeam_channel::Receiver<WriteCmd>, stat
         stats
             .commands
             .fetch_add(batch.len() as u64, Ordering::Relaxed);
-        let finishers: Vec<Finish> = batch.into_iter().map(|cmd| cmd(&conn)).collect();
-        let commit = conn.execute_batch("COMMIT").map_err(|e| {
-            let msg: Arc<str> = e.to_string().into();
-            tracing::error!(error = %msg, "commit failed; rolling back the group");
-            let _ = conn.execute_batch("ROLLBACK");
-            msg
-        });
-        if commit.is_ok() {
+        let alone = batch.len() == 1;
+        let mut failed = false;
+        let finishers: Vec<Finish> = batch
+            .into_iter()
+            .map(|cmd| {
+                let (finish, f) = cmd(&conn, alone);
+                failed |= f;
+                finish
+            })
+            .collect();
+        let commit = if alone && failed {
+            // The lone command failed without a savepoint: undo whatever it wrote.
+            exec_cached(&conn, "ROLLBACK").map_err(|e| e.to_string().into())
+        } else {
+            exec_cached(&conn, "COMMIT").map_err(|e| {
+                let msg: Arc<str> = e.to_string().into();
+                tracing::error!(error = %msg, "commit failed; rolling back the group");
+                let _ = conn.execute_batch("ROLLBACK");
+                msg
+            })
+        };
+        if commit.is_ok() && !(alone && failed) {
             stats.commits.fetch_add(1, Ordering::Relaxed);
         }
         for finish in finishers {
@@ -516,5 +542,71 @@ mod tests {
             .await;
         assert!(matches!(boom, Err(StoreError::Internal(_))));
         store.ready().await.expect("the writer still answers");
+    }
+
+    fn tenant_count(c: &Connection, name: &str) -> StoreResult<i64> {
+        c.query_row(
+            "SELECT count(*) FROM tenants WHERE name = ?1",
+            [name],
+            |r| r.get(0),
+        )
+        .map_err(internal)
+    }
+
+    /// A command that writes and then fails leaves nothing behind, whether it ran alone
+    /// (no savepoint: the transaction is rolled back) or beside others (its savepoint
+    /// is), and the others in its group still commit.
+    #[tokio::test]
+    async fn a_failing_command_leaves_no_trace_alone_or_grouped() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(SqliteStore::open(dir.path().join("vow.db")).unwrap());
+        let insert_then = |name: &'static str, fail: bool| {
+            let store = store.clone();
+            async move {
+                store
+                    .write(move |c, _| {
+                        c.execute(
+                            "INSERT INTO tenants (id, name, created_at) VALUES (?1, ?1, 0)",
+                            [name],
+                        )
+                        .map_err(internal)?;
+                        if fail {
+                            Err(StoreError::NotFound)
+                        } else {
+                            Ok(())
+                        }
+                    })
+                    .await
+            }
+        };
+        // Alone: nothing else is queued.
+        assert!(matches!(
+            insert_then("alone", true).await,
+            Err(StoreError::NotFound)
+        ));
+        // Grouped: many commands in flight share transactions.
+        let mut tasks = Vec::new();
+        for i in 0..64 {
+            let name: &'static str = Box::leak(format!("t{i}").into_boxed_str());
+            tasks.push(tokio::spawn(insert_then(name, i % 2 == 0)));
+        }
+        for (i, t) in tasks.into_iter().enumerate() {
+            assert_eq!(t.await.unwrap().is_ok(), i % 2 == 1, "command {i}");
+        }
+        for i in 0..64 {
+            let name = format!("t{i}");
+            let n = store.read(move |c| tenant_count(c, &name)).await.unwrap();
+            assert_eq!(n, i64::from(i % 2 == 1), "tenant t{i}");
+        }
+        let n = store.read(|c| tenant_count(c, "alone")).await.unwrap();
+        assert_eq!(n, 0);
+        // The writer goes on after a rolled-back transaction.
+        insert_then("after", false).await.unwrap();
+        assert_eq!(store.read(|c| tenant_count(c, "after")).await.unwrap(), 1);
+        assert!(
+            store.writer_stats().commands.load(Ordering::Relaxed)
+                > store.writer_stats().commits.load(Ordering::Relaxed),
+            "the concurrent commands were grouped"
+        );
     }
 }

@@ -30,14 +30,31 @@ use cli::{
 };
 use settings::KeyFile;
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let matches = <Cli as clap::CommandFactory>::command().get_matches();
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     // `vow bench` benches an existing server only when told so on the command line.
     let url_given = matches.value_source("url") == Some(clap::parser::ValueSource::CommandLine);
     init_tracing(&cli.command);
-    match run(cli, url_given).await {
+    // The bench is a client whose own cost must not hide the server's: one thread, so
+    // a request and its response never hop between threads (the server it measures is
+    // another process). Everything else gets the multi-threaded runtime.
+    let runtime = match cli.command {
+        Command::Bench(_) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        _ => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build(),
+    };
+    let runtime = match runtime {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli, url_given)) {
         Ok(code) => code,
         Err(e) => {
             report(&e);
