@@ -180,18 +180,18 @@ pub(crate) fn lease(c: &Connection, fx: &mut Effects, p: &JobLease) -> StoreResu
         return Ok(Vec::new());
     }
     // The candidates, whole, in one indexed scan (the writer is the only writer, so
-    // they are still available when updated below).
+    // they are still available when updated below). No `LIMIT ?`: a bound limit makes
+    // SQLite re-plan the statement on every execution; the index already yields rows in
+    // order, so reading only the first `max_jobs` costs the same.
     let candidates: Vec<Job> = c
         .prepare_cached(&format!(
             "SELECT {JOB_COLS} FROM jobs WHERE tenant_id = ?1 AND queue = ?2 AND state = 'available' \
-             ORDER BY priority, run_at, id LIMIT ?3"
+             ORDER BY priority, run_at, id"
         ))
         .and_then(|mut s| {
-            s.query_map(
-                params![p.tenant_id.as_str(), p.queue.as_str(), p.max_jobs],
-                job_from_row,
-            )?
-            .collect()
+            s.query_map(params![p.tenant_id.as_str(), p.queue.as_str()], job_from_row)?
+                .take(p.max_jobs as usize)
+                .collect()
         })
         .map_err(internal)?;
     candidates

@@ -37,6 +37,8 @@ pub use schema::MIGRATIONS;
 const MAX_GROUP: usize = 1_024;
 /// Reader threads (and connections).
 const READERS: usize = 4;
+/// Prepared statements each connection keeps.
+const STATEMENT_CACHE: usize = 256;
 /// What a command asks the bus to do once its transaction is durable.
 #[derive(Debug, Default)]
 pub(crate) struct Effects {
@@ -108,7 +110,14 @@ fn configure(conn: &Connection) -> rusqlite::Result<()> {
     conn.pragma_update(None, "synchronous", "full")?;
     conn.pragma_update(None, "foreign_keys", "off")?;
     conn.pragma_update(None, "temp_store", "memory")?;
-    conn.pragma_update(None, "cache_size", -32_000)?;
+    // 4 MB of page cache on the writer. SQLite walks the whole page cache's hash table
+    // at the end of every write transaction (pcache1Truncate), so a big cache costs every
+    // commit (9 % of the writer's time in a drain with 32 MB); pages it drops are still
+    // in the OS page cache.
+    conn.pragma_update(None, "cache_size", -4_000)?;
+    // Room for every statement the writer runs: rusqlite's default (16) is fewer than
+    // the hot paths use, and an evicted statement is parsed and planned again.
+    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
     Ok(())
 }
 
@@ -141,6 +150,7 @@ impl SqliteStore {
                 .map_err(internal)?;
             conn.pragma_update(None, "cache_size", -16_000)
                 .map_err(internal)?;
+            conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
             let rrx = rrx.clone();
             thread::Builder::new()
                 .name(format!("vow-sqlite-reader-{i}"))
