@@ -273,13 +273,29 @@ pub(crate) async fn insert_many(
     p: &JobInsertMany,
 ) -> StoreResult<Vec<Inserted>> {
     let (tenant, queue) = (p.tenant_id.as_str(), p.queue.as_str());
-    execute(
-        tx,
-        "INSERT INTO queues (tenant_id, name, created_at) VALUES ($1, $2, $3) \
-         ON CONFLICT DO NOTHING",
-        &[&tenant, &queue, &p.now.0],
-    )
-    .await?;
+    // The queue's row and the jobs go out together (pipelined, one round trip).
+    let queue_params: [&(dyn ToSql + Sync); 3] = [&tenant, &queue, &p.now.0];
+    let (upserted, inserted) = tokio::join!(
+        execute(
+            tx,
+            "INSERT INTO queues (tenant_id, name, created_at) VALUES ($1, $2, $3) \
+             ON CONFLICT DO NOTHING",
+            &queue_params,
+        ),
+        insert_jobs(tx, fx, p)
+    );
+    upserted?;
+    inserted
+}
+
+/// [`insert_many`] after the queue's row: idempotency checks, then the jobs and their
+/// `enqueued` events in one statement.
+async fn insert_jobs(
+    tx: &impl GenericClient,
+    fx: &mut Effects,
+    p: &JobInsertMany,
+) -> StoreResult<Vec<Inserted>> {
+    let (tenant, queue) = (p.tenant_id.as_str(), p.queue.as_str());
     // Idempotency keys already used in this queue (a concurrent insert of the same key
     // on another node makes this transaction fail on the unique index and be retried).
     let keys: Vec<&str> = p

@@ -306,16 +306,82 @@ impl PgStore {
         .await
     }
 
-    /// Sends the effects to the other nodes (`NOTIFY`, delivered at commit) and commits.
-    async fn commit(
-        &self,
-        tx: deadpool_postgres::Transaction<'_>,
-        fx: &Effects,
-    ) -> StoreResult<()> {
+    /// Sends the effects to the other nodes (`NOTIFY`, delivered at commit) and commits,
+    /// both in one round trip.
+    async fn commit(&self, tx: WriteTx, fx: &Effects) -> StoreResult<()> {
+        let c = tx.client();
         if !fx.is_empty() {
-            listener::notify(&tx, &self.node, fx).await?;
+            listener::prepare(c).await?;
         }
-        tx.commit().await.map_err(pg_err)
+        // Pipelined: `COMMIT` goes out right behind the `NOTIFY`. Should the `NOTIFY`
+        // fail, PostgreSQL answers the `COMMIT` of the failed transaction with a
+        // rollback, so its error is the outcome.
+        let notified = async {
+            if fx.is_empty() {
+                Ok(())
+            } else {
+                listener::notify(c, &self.node, fx).await
+            }
+        };
+        let (notified, committed) = tokio::join!(notified, c.batch_execute("COMMIT"));
+        notified?;
+        committed.map_err(pg_err)?;
+        tx.finished();
+        Ok(())
+    }
+}
+
+/// A write transaction on a pooled connection, begun and ended without a round trip of
+/// their own: `BEGIN` is sent right before the body's first statement and `COMMIT` right
+/// behind the `NOTIFY` (tokio-postgres pipelines requests polled together). Dropped
+/// before it ends (the body failed, or the call timed out), it rolls back: after an
+/// error, with a `ROLLBACK`; if cancelled mid-flight, the connection is taken out of the
+/// pool and closed, so nobody inherits an open transaction.
+struct WriteTx {
+    conn: Option<deadpool_postgres::Object>,
+}
+
+impl WriteTx {
+    fn new(conn: deadpool_postgres::Object) -> Self {
+        Self { conn: Some(conn) }
+    }
+
+    fn client(&self) -> &deadpool_postgres::Object {
+        self.conn
+            .as_ref()
+            .expect("a write transaction has its connection until it ends")
+    }
+
+    /// Runs `body` inside the transaction, sending `BEGIN` in the same round trip as
+    /// its first statement.
+    async fn run<T>(&self, body: impl Future<Output = StoreResult<T>>) -> StoreResult<T> {
+        let (begun, out) = tokio::join!(self.client().batch_execute("BEGIN"), body);
+        begun.map_err(pg_err)?;
+        out
+    }
+
+    /// Rolls back after an error and gives the connection back to the pool.
+    async fn rollback(mut self) {
+        if let Some(conn) = self.conn.take() {
+            if conn.batch_execute("ROLLBACK").await.is_err() {
+                // Broken or still in a transaction: never hand it to someone else.
+                drop(deadpool_postgres::Object::take(conn));
+            }
+        }
+    }
+
+    /// The transaction ended (committed): the connection may go back to the pool.
+    fn finished(mut self) {
+        drop(self.conn.take());
+    }
+}
+
+impl Drop for WriteTx {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            // Neither committed nor rolled back (the caller was cancelled): close it.
+            drop(deadpool_postgres::Object::take(conn));
+        }
     }
 }
 
@@ -338,16 +404,23 @@ macro_rules! write_tx {
             attempt += 1;
             let r = $store
                 .timed(async {
-                    let mut client = $store.conn().await?;
-                    let $tx = client.transaction().await.map_err(pg_err)?;
+                    let tx = WriteTx::new($store.conn().await?);
                     let mut effects = Effects::default();
                     let out = {
                         let $fx = &mut effects;
-                        let $tx = &$tx;
-                        $body?
+                        let $tx = tx.client();
+                        tx.run(async { $body }).await
                     };
-                    $store.commit($tx, &effects).await?;
-                    Ok((out, effects))
+                    match out {
+                        Ok(out) => {
+                            $store.commit(tx, &effects).await?;
+                            Ok((out, effects))
+                        }
+                        Err(e) => {
+                            tx.rollback().await;
+                            Err(e)
+                        }
+                    }
                 })
                 .await;
             match r {

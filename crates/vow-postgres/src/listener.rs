@@ -70,12 +70,17 @@ pub(crate) fn payloads(node: &str, fx: &Effects) -> Vec<String> {
 /// Queues the effects' notifications in the transaction (sent at commit).
 pub(crate) async fn notify(tx: &impl GenericClient, node: &str, fx: &Effects) -> StoreResult<()> {
     let payloads = payloads(node, fx);
-    execute(
-        tx,
-        "SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p",
-        &[&CHANNEL, &payloads],
-    )
-    .await?;
+    execute(tx, NOTIFY_SQL, &[&CHANNEL, &payloads]).await?;
+    Ok(())
+}
+
+const NOTIFY_SQL: &str = "SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p";
+
+/// Prepares (once per connection) the statement [`notify`] runs, so that a `NOTIFY`
+/// pipelined with its `COMMIT` is sent at once rather than after a prepare round trip
+/// (which would let the `COMMIT` overtake it).
+pub(crate) async fn prepare(c: &impl GenericClient) -> StoreResult<()> {
+    c.prepare_cached(NOTIFY_SQL).await.map_err(crate::pg_err)?;
     Ok(())
 }
 

@@ -1,0 +1,134 @@
+//! Write transactions are pipelined (`BEGIN` rides with the first statement, `COMMIT`
+//! with the `NOTIFY`), so the store ends them itself. These tests hold it to that: a
+//! failed or cancelled write leaves no open transaction on a pooled connection, and
+//! nothing half-written.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+use vow_postgres::testing::{Cluster, TestDb};
+use vow_postgres::PgStore;
+use vow_store::*;
+use vow_store_conformance::fixtures::{insert, insert_one, lease, new_job, tenant, DynStore, T0};
+
+async fn db() -> TestDb {
+    tokio::task::spawn_blocking(|| Cluster::shared().database())
+        .await
+        .unwrap()
+}
+
+/// One pooled connection: a transaction left open would be inherited by the next call.
+async fn single_connection_store(db: &TestDb) -> DynStore {
+    let url = format!("{}?pool_size=1&pool_timeout_ms=2000", db.url);
+    Arc::new(PgStore::connect(&url).await.unwrap())
+}
+
+async fn admin(db: &TestDb) -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    client
+}
+
+/// Sessions of the store's database that sit inside a transaction.
+async fn open_transactions(admin: &tokio_postgres::Client) -> i64 {
+    admin
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+             AND application_name = 'vow' AND state LIKE 'idle in transaction%'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// Waits up to a second for no session to be inside a transaction; fails otherwise.
+async fn settled(admin: &tokio_postgres::Client) {
+    for _ in 0..100 {
+        if open_transactions(admin).await == 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("a cancelled write left its connection inside a transaction");
+}
+
+#[tokio::test]
+async fn a_failed_write_rolls_back_and_the_connection_goes_on() {
+    let db = db().await;
+    let store = single_connection_store(&db).await;
+    let t = tenant(&store, "acme").await;
+    let job = insert_one(&store, &t, "q", T0).await;
+    let leased = lease(&store, &t, "q", 1, None, T0).await;
+    assert_eq!(leased.len(), 1);
+    let cancel = JobCancel {
+        tenant_id: t.clone(),
+        id: job.id.clone(),
+        now: T0,
+    };
+    store.job_cancel(&cancel).await.unwrap();
+    // Cancelling again is refused inside the transaction: it must be rolled back.
+    for _ in 0..3 {
+        let again = store.job_cancel(&cancel).await;
+        assert!(
+            matches!(again, Err(StoreError::InvalidState(_))),
+            "{again:?}"
+        );
+    }
+    // The one connection is usable: not stuck in an aborted or open transaction.
+    let more = insert(&store, &t, "q", vec![json!({ "payload": 2 })], T0).await;
+    assert_eq!(more.len(), 1);
+    let admin = admin(&db).await;
+    assert_eq!(open_transactions(&admin).await, 0);
+}
+
+#[tokio::test]
+async fn a_cancelled_write_leaves_no_open_transaction_and_no_half_of_itself() {
+    let db = db().await;
+    let store = single_connection_store(&db).await;
+    let t = tenant(&store, "acme").await;
+    let admin = admin(&db).await;
+    let mut ok = 0usize;
+    // Cancel enqueues at every point of their flight: before BEGIN, between the body's
+    // statements, around COMMIT.
+    for i in 0..200u64 {
+        let limit = Duration::from_micros(50 * (i % 40));
+        let p = JobInsertMany {
+            tenant_id: t.clone(),
+            queue: "q".parse().unwrap(),
+            jobs: vec![new_job(json!({ "payload": i }), T0, None)],
+            now: T0,
+        };
+        match tokio::time::timeout(limit, store.job_insert_many(p)).await {
+            Ok(r) => {
+                r.unwrap();
+                ok += 1;
+            }
+            // The cancelled call's session must not linger inside a transaction (its
+            // connection is closed, which PostgreSQL sees within moments).
+            Err(_) => settled(&admin).await,
+        }
+    }
+    // Every call after the cancellations still gets the one connection and works.
+    let last = insert(&store, &t, "q", vec![json!({ "payload": "last" })], T0).await;
+    assert_eq!(last.len(), 1);
+    assert_eq!(open_transactions(&admin).await, 0);
+    // Each job that exists came with its event, and every acknowledged one exists.
+    let row = admin
+        .query_one(
+            "SELECT (SELECT count(*) FROM jobs WHERE tenant_id = $1), \
+                    (SELECT count(*) FROM job_events WHERE tenant_id = $1 AND kind = 'enqueued')",
+            &[&t.as_str()],
+        )
+        .await
+        .unwrap();
+    let (jobs, events): (i64, i64) = (row.get(0), row.get(1));
+    assert_eq!(jobs, events, "a job without its event, or the reverse");
+    assert!(
+        jobs as usize > ok,
+        "{jobs} jobs stored, {ok} inserts answered (+1 last)"
+    );
+}
