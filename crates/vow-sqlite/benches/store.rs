@@ -1,143 +1,26 @@
 //! criterion micro-benchmarks of the embedded store's hot paths: enqueue (decode +
-//! validate + insert), lease selection, and ack. `cargo bench -p vow-sqlite`.
+//! validate + insert), lease selection, and ack (the shared definitions in
+//! `vow_store_conformance::bench`). `cargo bench -p vow-sqlite`.
 //!
 //! Each store path is measured twice: on disk (the system temp dir; every commit is a
 //! real fsync, as in production) and on tmpfs (`/dev/shm`, where fsync is free), so the
 //! difference shows how much of a call is the disk and how much is CPU in SQLite and
 //! the writer thread. `decode_validate` has no store at all.
-//!
-//! Every timed write is one call waiting for its own commit: these are sequential
-//! latencies, not group-commit throughput (that is what `vow bench` W3/W4 measure).
 
-use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
 
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use tokio::runtime::Runtime;
-use vow_core::api::EnqueueRequest;
-use vow_core::limits::Limits;
-use vow_core::{Job, QueueName, TenantId, TenantName, Timestamp};
+use criterion::{criterion_main, Criterion};
 use vow_sqlite::SqliteStore;
-use vow_store::{AckItem, JobAckMany, JobInsertMany, JobLease, Store, TenantInsert};
+use vow_store_conformance::bench::{self, Fixture};
 
-/// BENCH.md's payload as a request body, about 100 bytes of payload.
-fn request_body(i: u64) -> Vec<u8> {
-    format!(
-        r#"{{"payload":{{"i":{i},"t":1767225600123.456,"pad":"{}"}}}}"#,
-        "x".repeat(58)
-    )
-    .into_bytes()
-}
-
-fn now() -> Timestamp {
-    Timestamp(
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as i64)
-            .unwrap_or(0),
-    )
-}
-
-/// What the enqueue handler does before the store: decode and validate.
-fn decode_validate(body: &[u8], limits: &Limits, at: Timestamp) -> vow_core::job::NewJob {
-    let req: EnqueueRequest = serde_json::from_slice(body).expect("valid body");
-    req.validate(limits, at, None, None).expect("valid job")
-}
-
-/// A fresh store in a directory under `root`, with one tenant.
-struct Fixture {
-    store: SqliteStore,
-    tenant: TenantId,
-    queue: QueueName,
-    _dir: TempDir,
-}
-
-/// A directory removed on drop (no tempfile: it would only be a dev-dependency).
+/// A directory removed on drop.
 struct TempDir(PathBuf);
 
 impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-impl Fixture {
-    fn new(rt: &Runtime, root: &Path, tag: &str) -> Self {
-        let dir = root.join(format!("vow-store-bench-{}-{tag}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("bench dir");
-        let store = SqliteStore::open(dir.join("vow.db")).expect("open store");
-        let tenant = TenantId::generate();
-        rt.block_on(store.tenant_insert(&TenantInsert {
-            id: tenant.clone(),
-            name: "bench".parse::<TenantName>().expect("name"),
-            max_pending: None,
-            now: now(),
-        }))
-        .expect("tenant");
-        Self {
-            store,
-            tenant,
-            queue: "bench".parse().expect("queue"),
-            _dir: TempDir(dir),
-        }
-    }
-
-    async fn insert(&self, jobs: u64) {
-        let limits = Limits::default();
-        let mut left = jobs;
-        while left > 0 {
-            let k = left.min(1000);
-            let at = now();
-            let jobs = (0..k)
-                .map(|i| decode_validate(&request_body(i), &limits, at))
-                .collect();
-            self.store
-                .job_insert_many(JobInsertMany {
-                    tenant_id: self.tenant.clone(),
-                    queue: self.queue.clone(),
-                    jobs,
-                    now: at,
-                })
-                .await
-                .expect("insert");
-            left -= k;
-        }
-    }
-
-    async fn lease(&self, max_jobs: u32) -> Vec<Job> {
-        self.store
-            .job_lease(&JobLease {
-                tenant_id: self.tenant.clone(),
-                queue: self.queue.clone(),
-                worker_id: "bench".into(),
-                max_jobs,
-                lease_ms: None,
-                now: now(),
-            })
-            .await
-            .expect("lease")
-    }
-
-    async fn complete(&self, jobs: Vec<Job>) {
-        let items = jobs
-            .into_iter()
-            .map(|j| AckItem::Complete {
-                id: j.id,
-                lease_id: j.lease_id.expect("leased"),
-                result: None,
-            })
-            .collect();
-        let results = self
-            .store
-            .job_ack_many(JobAckMany {
-                tenant_id: self.tenant.clone(),
-                items,
-                now: now(),
-            })
-            .await
-            .expect("ack");
-        assert!(results.iter().all(|r| r.is_ok()), "every ack is accepted");
     }
 }
 
@@ -151,134 +34,33 @@ fn roots() -> Vec<(&'static str, PathBuf)> {
     roots
 }
 
-fn runtime() -> Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime")
-}
-
-fn bench_decode_validate(c: &mut Criterion) {
-    let limits = Limits::default();
-    let body = request_body(12_345);
-    let at = now();
-    c.bench_function("enqueue/decode_validate", |b| {
-        b.iter(|| decode_validate(std::hint::black_box(&body), &limits, at))
-    });
-}
-
-fn bench_enqueue(c: &mut Criterion) {
-    let rt = runtime();
-    let limits = Limits::default();
-    let mut g = c.benchmark_group("enqueue/decode_validate_insert");
-    for (where_, root) in roots() {
-        for batch in [1u64, 100] {
-            let fx = Fixture::new(&rt, &root, &format!("enq-{where_}-{batch}"));
-            let bodies: Vec<Vec<u8>> = (0..batch).map(request_body).collect();
-            g.throughput(Throughput::Elements(batch));
-            g.bench_function(BenchmarkId::new(where_, batch), |b| {
-                b.iter(|| {
-                    let at = now();
-                    let jobs = bodies
-                        .iter()
-                        .map(|body| decode_validate(body, &limits, at))
-                        .collect();
-                    rt.block_on(fx.store.job_insert_many(JobInsertMany {
-                        tenant_id: fx.tenant.clone(),
-                        queue: fx.queue.clone(),
-                        jobs,
-                        now: at,
-                    }))
-                    .expect("insert")
-                })
-            });
-        }
+fn stores(c: &mut Criterion) {
+    let rt = bench::runtime();
+    static N: AtomicU32 = AtomicU32::new(0);
+    for (place, root) in roots() {
+        let rt_ref = &rt;
+        let mut make = || {
+            let n = N.fetch_add(1, Ordering::Relaxed);
+            let dir = root.join(format!("vow-store-bench-{}-{n}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).expect("bench dir");
+            let store = SqliteStore::open(dir.join("vow.db")).expect("open store");
+            Fixture::new(rt_ref, Arc::new(store), Box::new(TempDir(dir)))
+        };
+        bench::store_paths(c, &rt, place, &mut make);
     }
-    g.finish();
-}
-
-/// Leases of `max_jobs` from a queue that always holds at least 10,000 available jobs
-/// (refilled outside the timing).
-fn bench_lease(c: &mut Criterion) {
-    let rt = runtime();
-    let mut g = c.benchmark_group("lease");
-    for (where_, root) in roots() {
-        for max_jobs in [1u32, 16] {
-            let fx = Fixture::new(&rt, &root, &format!("lease-{where_}-{max_jobs}"));
-            g.throughput(Throughput::Elements(max_jobs.into()));
-            // Jobs available now; refills top up only the shortfall, so little of their
-            // WAL (and its checkpoints) spills into the timed leases.
-            let available = std::cell::Cell::new(0u64);
-            g.bench_function(BenchmarkId::new(where_, max_jobs), |b| {
-                b.iter_custom(|iters| {
-                    rt.block_on(async {
-                        let needed = 10_000 + iters * u64::from(max_jobs);
-                        if available.get() < needed {
-                            fx.insert(needed - available.get()).await;
-                            available.set(needed);
-                        }
-                        available.set(available.get() - iters * u64::from(max_jobs));
-                        let t0 = Instant::now();
-                        for _ in 0..iters {
-                            let got = fx.lease(max_jobs).await;
-                            assert_eq!(got.len(), max_jobs as usize);
-                        }
-                        t0.elapsed()
-                    })
-                })
-            });
-        }
-    }
-    g.finish();
-}
-
-/// Completing `k` leased jobs in one `job_ack_many` (k = 1 is `POST …/complete`, 16 a
-/// batch from `POST /v1/acks`).
-fn bench_ack(c: &mut Criterion) {
-    let rt = runtime();
-    let mut g = c.benchmark_group("ack_complete");
-    for (where_, root) in roots() {
-        for k in [1u32, 16] {
-            let fx = Fixture::new(&rt, &root, &format!("ack-{where_}-{k}"));
-            g.throughput(Throughput::Elements(k.into()));
-            g.bench_function(BenchmarkId::new(where_, k), |b| {
-                b.iter_custom(|iters| {
-                    rt.block_on(async {
-                        fx.insert(iters * u64::from(k)).await;
-                        let mut leased = Vec::with_capacity(iters as usize);
-                        for _ in 0..iters {
-                            leased.push(fx.lease(k).await);
-                        }
-                        let t0 = Instant::now();
-                        for jobs in leased {
-                            fx.complete(jobs).await;
-                        }
-                        t0.elapsed()
-                    })
-                })
-            });
-        }
-    }
-    g.finish();
-}
-
-fn config() -> Criterion {
-    // fsync-bound calls are slow and noisy; fewer, longer samples keep a run short.
-    Criterion::default()
-        .sample_size(20)
-        .warm_up_time(Duration::from_millis(500))
-        .measurement_time(Duration::from_secs(3))
 }
 
 /// The benchmark group; criterion's macro makes an undocumented `pub fn`.
 mod group {
     #![allow(missing_docs)] // criterion_group! generates `pub fn benches` without docs
     use super::*;
+    use criterion::criterion_group;
 
     criterion_group! {
         name = benches;
-        config = config();
-        targets = bench_decode_validate, bench_enqueue, bench_lease, bench_ack
+        config = bench::config();
+        targets = bench::decode_validate_only, stores
     }
 }
 criterion_main!(group::benches);

@@ -11,6 +11,7 @@
 //! Every case takes explicit `now` values, so time-dependent behaviour (backoff, lease
 //! expiry, promotion) is tested without sleeping. A trait change ships with suite changes.
 
+pub mod bench;
 pub mod cases;
 pub mod fixtures;
 pub mod leader;
