@@ -164,12 +164,18 @@ impl Cluster {
     pub fn shared() -> &'static Cluster {
         static SHARED: OnceLock<Cluster> = OnceLock::new();
         SHARED.get_or_init(|| match std::env::var("VOW_TEST_DATABASE_URL") {
-            Ok(url) if !url.is_empty() => Cluster {
-                admin_url: with_database(&url, "postgres"),
-                owned: None,
-            },
+            Ok(url) if !url.is_empty() => Cluster::at(&url),
             _ => Cluster::throwaway(),
         })
+    }
+
+    /// An existing cluster at `url` (its databases are made through the `postgres`
+    /// database of the same server).
+    pub fn at(url: &str) -> Cluster {
+        Cluster {
+            admin_url: with_database(url, "postgres"),
+            owned: None,
+        }
     }
 
     /// Starts a private cluster (panics with the reason if it cannot).
@@ -333,6 +339,11 @@ impl Cluster {
             bin,
         }
     }
+}
+
+/// The lease statement and the settings it runs under, for tests that check its plan.
+pub fn lease_statement() -> (String, &'static str) {
+    (crate::jobs::lease_sql(), crate::jobs::LEASE_SETTINGS)
 }
 
 #[cfg(test)]

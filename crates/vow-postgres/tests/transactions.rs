@@ -132,3 +132,40 @@ async fn a_cancelled_write_leaves_no_open_transaction_and_no_half_of_itself() {
         "{jobs} jobs stored, {ok} inserts answered (+1 last)"
     );
 }
+
+/// The lease walks `jobs_lease` in order even on a table the planner has no statistics
+/// for (a new database, or autovacuum off), where it would otherwise sort every
+/// available job of the queue on each lease.
+#[tokio::test]
+async fn the_lease_walks_its_index_without_statistics() {
+    let db = db().await;
+    let store = single_connection_store(&db).await;
+    let t = tenant(&store, "acme").await;
+    let reqs = (0..10_000).map(|i| json!({ "payload": i })).collect();
+    insert(&store, &t, "q", reqs, T0).await;
+    let mut admin = admin(&db).await;
+    let tx = admin.transaction().await.unwrap();
+    let analyzed: f32 = tx
+        .query_one("SELECT reltuples FROM pg_class WHERE relname = 'jobs'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(analyzed < 0.0, "the jobs table has no statistics yet");
+    let (sql, settings) = vow_postgres::testing::lease_statement();
+    tx.batch_execute(settings).await.unwrap();
+    let none: Option<i64> = None;
+    let lease_ids = vec!["lease".to_owned()];
+    let plan: Vec<String> = tx
+        .query(
+            &format!("EXPLAIN {sql}"),
+            &[&t.as_str(), &"q", &1i64, &"w", &T0.0, &none, &lease_ids],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let plan = plan.join("\n");
+    assert!(plan.contains("using jobs_lease on jobs"), "{plan}");
+    assert!(!plan.contains("Sort Key: jobs.priority"), "{plan}");
+}
