@@ -140,10 +140,15 @@ async fn a_cancelled_write_leaves_no_open_transaction_and_no_half_of_itself() {
 async fn the_lease_walks_its_index_without_statistics() {
     let db = db().await;
     let store = single_connection_store(&db).await;
+    let mut admin = admin(&db).await;
+    // No autoanalyze may sneak in between the inserts and the EXPLAIN.
+    admin
+        .batch_execute("ALTER TABLE jobs SET (autovacuum_enabled = false)")
+        .await
+        .unwrap();
     let t = tenant(&store, "acme").await;
     let reqs = (0..10_000).map(|i| json!({ "payload": i })).collect();
     insert(&store, &t, "q", reqs, T0).await;
-    let mut admin = admin(&db).await;
     let tx = admin.transaction().await.unwrap();
     let analyzed: f32 = tx
         .query_one("SELECT reltuples FROM pg_class WHERE relname = 'jobs'", &[])
