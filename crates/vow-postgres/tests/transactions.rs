@@ -45,9 +45,9 @@ async fn open_transactions(admin: &tokio_postgres::Client) -> i64 {
         .get(0)
 }
 
-/// Waits up to a second for no session to be inside a transaction; fails otherwise.
+/// Waits up to five seconds for no session to be inside a transaction; fails otherwise.
 async fn settled(admin: &tokio_postgres::Client) {
-    for _ in 0..100 {
+    for _ in 0..500 {
         if open_transactions(admin).await == 0 {
             return;
         }

@@ -594,12 +594,25 @@ mod tests {
             insert_then("alone", true).await,
             Err(StoreError::NotFound)
         ));
-        // Grouped: many commands in flight share transactions.
+        // Grouped: a slow command holds the writer while 64 others queue behind it, so
+        // they share transactions.
+        let slow = {
+            let store = store.clone();
+            tokio::spawn(async move {
+                store
+                    .write(|_, _| {
+                        std::thread::sleep(std::time::Duration::from_millis(50));
+                        Ok(())
+                    })
+                    .await
+            })
+        };
         let mut tasks = Vec::new();
         for i in 0..64 {
             let name: &'static str = Box::leak(format!("t{i}").into_boxed_str());
             tasks.push(tokio::spawn(insert_then(name, i % 2 == 0)));
         }
+        slow.await.unwrap().unwrap();
         for (i, t) in tasks.into_iter().enumerate() {
             assert_eq!(t.await.unwrap().is_ok(), i % 2 == 1, "command {i}");
         }
