@@ -461,34 +461,38 @@ async fn insert_jobs(
 
 /// The lease statement: picks (`FOR UPDATE SKIP LOCKED`), leases and logs in one go.
 /// Parameters: tenant, queue, max jobs, worker id, now, lease ms (or NULL), lease ids.
-pub(crate) fn lease_sql() -> String {
-    format!(
-    "WITH picked AS ( \
-       SELECT id FROM jobs \
-       WHERE tenant_id = $1 AND queue = $2 AND state = 'available' \
-         AND EXISTS (SELECT 1 FROM queues q WHERE q.tenant_id = $1 AND q.name = $2 AND NOT q.paused) \
-       ORDER BY priority, run_at, id \
-       LIMIT $3 \
-       FOR UPDATE SKIP LOCKED), \
-     numbered AS (SELECT id, row_number() OVER (ORDER BY id) AS rn FROM picked), \
-     leased AS ( \
-       UPDATE jobs j SET state = 'running', attempt = j.attempt + 1, lease_id = l.lease_id, \
-         worker_id = $4::text, lease_expires_at = $5::int8 + COALESCE($6::int8, j.timeout_ms), \
-         started_at = $5::int8 \
-       FROM numbered n JOIN unnest($7::text[]) WITH ORDINALITY AS l(lease_id, rn) USING (rn) \
-       WHERE j.id = n.id \
-       RETURNING {}), \
-     ev AS ( \
-       INSERT INTO job_events (tenant_id, job_id, queue, kind, from_state, to_state, attempt, at, detail) \
-       SELECT tenant_id, id, queue, 'leased', 'available', 'running', attempt, $5::int8, \
-         json_build_object('worker_id', $4::text)::text \
-       FROM leased \
-       RETURNING seq, job_id) \
-     SELECT {}, ev.seq FROM leased JOIN ev ON ev.job_id = leased.id \
-     ORDER BY leased.priority, leased.run_at, leased.id",
-    job_cols("j"),
-    job_cols("leased"),
-)
+/// Built once per process.
+pub(crate) fn lease_sql() -> &'static str {
+    static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    SQL.get_or_init(|| {
+        format!(
+            "WITH picked AS ( \
+               SELECT id FROM jobs \
+               WHERE tenant_id = $1 AND queue = $2 AND state = 'available' \
+                 AND EXISTS (SELECT 1 FROM queues q WHERE q.tenant_id = $1 AND q.name = $2 AND NOT q.paused) \
+               ORDER BY priority, run_at, id \
+               LIMIT $3 \
+               FOR UPDATE SKIP LOCKED), \
+             numbered AS (SELECT id, row_number() OVER (ORDER BY id) AS rn FROM picked), \
+             leased AS ( \
+               UPDATE jobs j SET state = 'running', attempt = j.attempt + 1, lease_id = l.lease_id, \
+                 worker_id = $4::text, lease_expires_at = $5::int8 + COALESCE($6::int8, j.timeout_ms), \
+                 started_at = $5::int8 \
+               FROM numbered n JOIN unnest($7::text[]) WITH ORDINALITY AS l(lease_id, rn) USING (rn) \
+               WHERE j.id = n.id \
+               RETURNING {}), \
+             ev AS ( \
+               INSERT INTO job_events (tenant_id, job_id, queue, kind, from_state, to_state, attempt, at, detail) \
+               SELECT tenant_id, id, queue, 'leased', 'available', 'running', attempt, $5::int8, \
+                 json_build_object('worker_id', $4::text)::text \
+               FROM leased \
+               RETURNING seq, job_id) \
+             SELECT {}, ev.seq FROM leased JOIN ev ON ev.job_id = leased.id \
+             ORDER BY leased.priority, leased.run_at, leased.id",
+            job_cols("j"),
+            job_cols("leased"),
+        )
+    })
 }
 
 /// Session settings the lease runs under (see [`lease`]): the ordered index scan of
@@ -507,7 +511,6 @@ pub(crate) async fn lease(
         .map(|_| LeaseId::generate().as_str().to_owned())
         .collect();
     let lease_ms = p.lease_ms.map(|ms| ms as i64);
-    let sql = lease_sql();
     // The pick must walk `jobs_lease`, which yields the jobs in lease order. Without
     // statistics (a new or never-analyzed table: the first minute of a database, or
     // always with autovacuum off) the planner takes the table for nearly empty and
@@ -525,7 +528,10 @@ pub(crate) async fn lease(
         &lease_ms,
         &lease_ids,
     ];
-    let (set, rows) = tokio::join!(tx.batch_execute(LEASE_SETTINGS), query(tx, &sql, &params));
+    let (set, rows) = tokio::join!(
+        tx.batch_execute(LEASE_SETTINGS),
+        query(tx, lease_sql(), &params)
+    );
     set.map_err(pg_err)?;
     let rows = rows?;
     let mut jobs = Vec::with_capacity(rows.len());

@@ -326,22 +326,20 @@ impl PgStore {
     /// both in one round trip.
     async fn commit(&self, tx: WriteTx, fx: &Effects) -> StoreResult<()> {
         let c = tx.client();
-        if !fx.is_empty() {
+        if fx.is_empty() {
+            c.batch_execute("COMMIT").await.map_err(pg_err)?;
+        } else {
             listener::prepare(c).await?;
+            // Pipelined: `COMMIT` goes out right behind the `NOTIFY`. Should the
+            // `NOTIFY` fail, PostgreSQL answers the `COMMIT` of the failed transaction
+            // with a rollback, so its error is the outcome.
+            let (notified, committed) = tokio::join!(
+                listener::notify(c, &self.node, fx),
+                c.batch_execute("COMMIT")
+            );
+            notified?;
+            committed.map_err(pg_err)?;
         }
-        // Pipelined: `COMMIT` goes out right behind the `NOTIFY`. Should the `NOTIFY`
-        // fail, PostgreSQL answers the `COMMIT` of the failed transaction with a
-        // rollback, so its error is the outcome.
-        let notified = async {
-            if fx.is_empty() {
-                Ok(())
-            } else {
-                listener::notify(c, &self.node, fx).await
-            }
-        };
-        let (notified, committed) = tokio::join!(notified, c.batch_execute("COMMIT"));
-        notified?;
-        committed.map_err(pg_err)?;
         tx.finished();
         Ok(())
     }

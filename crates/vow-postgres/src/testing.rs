@@ -342,7 +342,7 @@ impl Cluster {
 }
 
 /// The lease statement and the settings it runs under, for tests that check its plan.
-pub fn lease_statement() -> (String, &'static str) {
+pub fn lease_statement() -> (&'static str, &'static str) {
     (crate::jobs::lease_sql(), crate::jobs::LEASE_SETTINGS)
 }
 

@@ -39,6 +39,7 @@ const MAX_GROUP: usize = 1_024;
 const READERS: usize = 4;
 /// Prepared statements each connection keeps.
 const STATEMENT_CACHE: usize = 256;
+
 /// What a command asks the bus to do once its transaction is durable.
 #[derive(Debug, Default)]
 pub(crate) struct Effects {
