@@ -113,7 +113,7 @@ pub fn open_store(config: &ServerConfig) -> anyhow::Result<Arc<dyn Store>> {
     };
     let store = vow_sqlite::SqliteStore::open(&path)
         .with_context(|| format!("cannot open the embedded store at {}", path.display()))?;
-    tracing::info!(path = %path.display(), "embedded store open (SQLite, WAL, synchronous=FULL)");
+    tracing::info!(path = %path.display(), "embedded store open (SQLite, WAL, every answer after fdatasync)");
     Ok(Arc::new(store))
 }
 

@@ -218,7 +218,7 @@ pub async fn run(args: &BenchArgs, target: Target) -> anyhow::Result<ExitCode> {
         tool: "vow bench",
         started_at,
         durability: match store.as_str() {
-            "sqlite" => "embedded SQLite, WAL, synchronous=FULL: a 202 or an ack is fsync'd before it is sent (group commit)".to_owned(),
+            "sqlite" => "embedded SQLite, WAL: a 202 or an ack is sent only after fdatasync of the log (group commit, pipelined)".to_owned(),
             "postgres" => "PostgreSQL as configured on the server (the bench does not check synchronous_commit)".to_owned(),
             _ => "unknown".to_owned(),
         },
