@@ -308,11 +308,13 @@ fn open_wal(conn: &Connection, db: &Path) -> Result<std::fs::File, StoreError> {
     let wal = std::fs::File::open(&name).map_err(unavailable)?;
     // The log's directory entry must be durable too (SQLite syncs the directory only
     // when it syncs a new log itself).
-    if let Some(dir) = db.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(unavailable)?;
-    }
+    let dir = match db.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(unavailable)?;
     Ok(wal)
 }
 
@@ -519,8 +521,9 @@ fn writer_loop(
             metrics::counter!("vow_sqlite_commits_total").increment(1);
         }
         if in_flight == 0 && rx.is_empty() {
-            // Nothing else to do and nothing being synced: sync here rather than wake
-            // the syncer (one thread hand-off less for a lone request).
+            // Nothing waits to run and nothing is being synced, so there is nothing to
+            // overlap the sync with: sync here rather than wake the syncer (one thread
+            // hand-off less on every request of a lone or lightly loaded caller).
             if wrote {
                 sync_log(&wal, stats);
             }
