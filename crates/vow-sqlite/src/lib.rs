@@ -312,9 +312,10 @@ fn open_wal(conn: &Connection, db: &Path) -> Result<std::fs::File, StoreError> {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
     };
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(unavailable)?;
+    // Some file systems cannot sync a directory; SQLite ignores that too.
+    if let Err(e) = std::fs::File::open(dir).and_then(|d| d.sync_all()) {
+        tracing::warn!(dir = %dir.display(), error = %e, "cannot sync the data directory");
+    }
     Ok(wal)
 }
 
