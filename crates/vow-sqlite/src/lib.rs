@@ -10,14 +10,14 @@
 //!
 //! The writer's connection runs with `synchronous=NORMAL`, so SQLite itself does not
 //! sync the log at commit; the syncer does, on its own descriptor of the same file,
-//! before anyone hears of the transaction. Until that sync returns, a committed
-//! transaction is visible to readers but acknowledged to no one: a power loss in that
-//! window can take it back, as it can any transaction whose caller has not been
-//! answered. A failed sync aborts the process (as PostgreSQL does): the kernel may
-//! have dropped the pages, and what is on disk is what a restart must trust.
+//! before anyone hears of the transaction. A failed sync aborts the process (as
+//! PostgreSQL does): the kernel may have dropped the pages, and what is on disk is what
+//! a restart must trust.
 //!
 //! Reads run on a small pool of reader threads with their own connections; WAL lets
-//! them proceed beside the writer.
+//! them proceed beside the writer. A reader's snapshot can include a transaction whose
+//! sync is still in flight, so a read returns only once every transaction it may have
+//! seen is durable: nothing a power loss could take back is ever shown.
 
 mod jobs;
 mod notices;
@@ -94,6 +94,43 @@ pub struct WriterStats {
     pub syncs: AtomicU64,
 }
 
+/// Which transactions are durable, for the readers: a read returns only once every
+/// transaction it may have seen has been synced, so nothing a power loss could take
+/// back is ever shown (a reader sees a commit as soon as SQLite has written it, which
+/// is before its sync).
+struct Durability {
+    /// Number of the last transaction the writer began to commit (numbered from 1 in
+    /// commit order).
+    committing: AtomicU64,
+    /// Highest transaction number that is durable (or ended without writing).
+    durable: tokio::sync::watch::Sender<u64>,
+    /// Test hook: milliseconds every sync sleeps first (a slow disk).
+    #[cfg(test)]
+    sync_delay_ms: AtomicU64,
+}
+
+impl Durability {
+    fn new() -> Self {
+        Self {
+            committing: AtomicU64::new(0),
+            durable: tokio::sync::watch::Sender::new(0),
+            #[cfg(test)]
+            sync_delay_ms: AtomicU64::new(0),
+        }
+    }
+
+    /// Transactions up to `seq` are durable.
+    fn mark(&self, seq: u64) {
+        self.durable.send_if_modified(|d| {
+            let newer = seq > *d;
+            if newer {
+                *d = seq;
+            }
+            newer
+        });
+    }
+}
+
 /// The embedded SQLite store.
 pub struct SqliteStore {
     path: PathBuf,
@@ -101,6 +138,7 @@ pub struct SqliteStore {
     readers: crossbeam_channel::Sender<ReadCmd>,
     bus: Arc<Bus>,
     stats: Arc<WriterStats>,
+    durability: Arc<Durability>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -154,19 +192,27 @@ impl SqliteStore {
 
         let bus = Arc::new(Bus::new());
         let stats = Arc::new(WriterStats::default());
+        let durability = Arc::new(Durability::new());
         let (wtx, wrx) = crossbeam_channel::unbounded::<WriteCmd>();
         let (stx, srx) = crossbeam_channel::unbounded::<Committed>();
         let (dtx, drx) = crossbeam_channel::unbounded::<usize>();
-        let writer_stats = stats.clone();
-        let writer_wal = wal.try_clone().map_err(internal)?;
+        let writer = Sync {
+            wal: wal.try_clone().map_err(internal)?,
+            stats: stats.clone(),
+            durability: durability.clone(),
+        };
         thread::Builder::new()
             .name("vow-sqlite-writer".into())
-            .spawn(move || writer_loop(conn, wrx, stx, drx, writer_wal, &writer_stats))
+            .spawn(move || writer_loop(conn, wrx, stx, drx, &writer))
             .map_err(internal)?;
-        let syncer_stats = stats.clone();
+        let syncer = Sync {
+            wal,
+            stats: stats.clone(),
+            durability: durability.clone(),
+        };
         thread::Builder::new()
             .name("vow-sqlite-syncer".into())
-            .spawn(move || syncer_loop(wal, srx, dtx, &syncer_stats))
+            .spawn(move || syncer_loop(&syncer, srx, dtx))
             .map_err(internal)?;
 
         let (rtx, rrx) = crossbeam_channel::unbounded::<ReadCmd>();
@@ -197,6 +243,7 @@ impl SqliteStore {
             readers: rtx,
             bus,
             stats,
+            durability,
         })
     }
 
@@ -210,9 +257,10 @@ impl SqliteStore {
         &self.path
     }
 
-    /// Runs `f` in the next group-committed transaction. `f` runs inside its own
-    /// savepoint: if it fails, its changes are rolled back and the others still commit.
-    /// The result is returned (and its effects published) only after the commit.
+    /// Runs `f` in the next group-committed transaction. If `f` fails, its changes are
+    /// rolled back (its savepoint, or the whole transaction when it ran alone) and the
+    /// others still commit. The result is returned (and its effects published) only
+    /// once the commit has been synced.
     pub(crate) async fn write<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Connection, &mut Effects) -> StoreResult<T> + Send + 'static,
@@ -273,20 +321,35 @@ impl SqliteStore {
             .map_err(|_| unavailable("the writer dropped the command"))?
     }
 
-    /// Runs `f` on a reader connection.
+    /// Runs `f` on a reader connection, and returns once every transaction it may have
+    /// seen is durable (see [`Durability`]).
     pub(crate) async fn read<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
     ) -> StoreResult<T> {
         let (tx, rx) = oneshot::channel();
+        let durability = self.durability.clone();
         let cmd: ReadCmd = Box::new(move |conn| {
-            let _ = tx.send(f(conn));
+            let out = f(conn);
+            // Every transaction the query may have seen began to commit before this.
+            let seen = durability.committing.load(Ordering::SeqCst);
+            let _ = tx.send((out, seen));
         });
         self.readers
             .send(cmd)
             .map_err(|_| unavailable("the readers have stopped"))?;
-        rx.await
-            .map_err(|_| unavailable("a reader dropped the query"))?
+        let (out, seen) = rx
+            .await
+            .map_err(|_| unavailable("a reader dropped the query"))?;
+        if *self.durability.durable.borrow() < seen {
+            self.durability
+                .durable
+                .subscribe()
+                .wait_for(|d| *d >= seen)
+                .await
+                .map_err(|_| unavailable("the writer has stopped"))?;
+        }
+        out
     }
 }
 
@@ -303,6 +366,8 @@ fn open_wal(conn: &Connection, db: &Path) -> Result<std::fs::File, StoreError> {
     // A write transaction makes SQLite open (and create) the log if it has not yet.
     conn.execute_batch("BEGIN IMMEDIATE; COMMIT")
         .map_err(unavailable)?;
+    // SQLite's own name for the database (symbolic links resolved): its log is there.
+    let db = conn.path().filter(|p| !p.is_empty()).map_or(db, Path::new);
     let mut name = db.as_os_str().to_owned();
     name.push("-wal");
     let wal = std::fs::File::open(&name).map_err(unavailable)?;
@@ -319,12 +384,35 @@ fn open_wal(conn: &Connection, db: &Path) -> Result<std::fs::File, StoreError> {
     Ok(wal)
 }
 
-/// What the writer hands the syncer for one transaction: its callers' finishers, how
-/// it ended, and whether it wrote to the log (a rolled-back or failed one did not).
+/// What the writer hands the syncer for one transaction: its number, its callers'
+/// finishers, how it ended, and whether it wrote to the log (a rolled-back or failed
+/// one did not).
 struct Committed {
+    /// The transaction's number ([`Durability`]).
+    seq: u64,
     finishers: Vec<Finish>,
     outcome: Result<(), Arc<str>>,
     wrote: bool,
+}
+
+/// What the writer and the syncer share to make transactions durable: the log, the
+/// counters, and the readers' view of what is durable.
+struct Sync {
+    wal: std::fs::File,
+    stats: Arc<WriterStats>,
+    durability: Arc<Durability>,
+}
+
+impl Sync {
+    /// `fdatasync`s the write-ahead log: every transaction committed before the call
+    /// is durable when it returns.
+    fn log(&self) {
+        #[cfg(test)]
+        std::thread::sleep(std::time::Duration::from_millis(
+            self.durability.sync_delay_ms.load(Ordering::Relaxed),
+        ));
+        sync_log(&self.wal, &self.stats);
+    }
 }
 
 /// `fdatasync`s the write-ahead log: every transaction committed before the call is
@@ -344,27 +432,30 @@ fn sync_log(wal: &std::fs::File, stats: &WriterStats) {
 }
 
 /// Makes committed transactions durable, in order: takes every transaction queued
-/// since its last sync, syncs the log once, then answers their callers.
+/// since its last sync, syncs the log once, then answers their callers, and only then
+/// tells the writer it is free (so the writer, which may answer a later transaction
+/// itself, never answers it before these).
 fn syncer_loop(
-    wal: std::fs::File,
+    sync: &Sync,
     rx: crossbeam_channel::Receiver<Committed>,
     synced: crossbeam_channel::Sender<usize>,
-    stats: &WriterStats,
 ) {
     while let Ok(first) = rx.recv() {
         let mut group = vec![first];
         group.extend(rx.try_iter());
         if group.iter().any(|c| c.wrote) {
-            sync_log(&wal, stats);
+            sync.log();
         }
-        // The writer learns the syncer is free before anyone is answered, so a caller's
-        // next command finds it free.
-        let _ = synced.send(group.len());
+        let n = group.len();
+        if let Some(last) = group.last() {
+            sync.durability.mark(last.seq);
+        }
         for committed in group {
             for finish in committed.finishers {
                 finish(committed.outcome.clone());
             }
         }
+        let _ = synced.send(n);
     }
 }
 
@@ -387,9 +478,13 @@ fn count_wal_frames(_: &rusqlite::hooks::Wal, frames: std::ffi::c_int) -> rusqli
 
 /// Copies the log's pages into the database file (a passive checkpoint: readers are
 /// never blocked; pages a reader may still need stay in the log for the next one).
-/// SQLite syncs the log before and the database after. A failure is logged and retried
-/// after the next commit; the log grows meanwhile, nothing is lost.
-fn checkpoint(conn: &Connection) {
+/// SQLite syncs the log before and the database after. Returns the log size at which
+/// to checkpoint next: the usual one if the log was copied whole (it restarts from its
+/// beginning at the next commit), else another [`CHECKPOINT_FRAMES`] on top of what
+/// is there, so that a reader holding an old snapshot does not make every transaction
+/// wait for a checkpoint. A failure is logged and retried likewise; the log grows
+/// meanwhile, nothing is lost.
+fn checkpoint(conn: &Connection) -> i32 {
     let r = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
         Ok((
             r.get::<_, i64>(0)?,
@@ -397,11 +492,23 @@ fn checkpoint(conn: &Connection) {
             r.get::<_, i64>(2)?,
         ))
     });
-    match r {
-        Ok((_, log, done)) => tracing::trace!(log, done, "checkpoint"),
-        Err(e) => tracing::warn!(error = %e, "checkpoint failed; retrying after the next commit"),
-    }
+    let frames = WAL_FRAMES.get();
     WAL_FRAMES.set(0);
+    match r {
+        Ok((_, log, done)) if log == done => CHECKPOINT_FRAMES,
+        Ok((_, log, done)) => {
+            tracing::debug!(
+                log,
+                done,
+                "checkpoint incomplete: a reader still needs the log"
+            );
+            frames.saturating_add(CHECKPOINT_FRAMES)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "checkpoint failed; retrying later");
+            frames.saturating_add(CHECKPOINT_FRAMES)
+        }
+    }
 }
 
 /// Runs write commands in group-committed transactions and hands each committed one to
@@ -414,16 +521,17 @@ fn writer_loop(
     rx: crossbeam_channel::Receiver<WriteCmd>,
     syncer: crossbeam_channel::Sender<Committed>,
     synced: crossbeam_channel::Receiver<usize>,
-    wal: std::fs::File,
-    stats: &WriterStats,
+    sync: &Sync,
 ) {
     use crossbeam_channel::{select, TryRecvError};
-    // Transactions handed to the syncer and not yet synced.
+    let stats = &*sync.stats;
+    // Transactions handed to the syncer and not yet answered.
     let mut in_flight = 0usize;
+    let mut checkpoint_at = CHECKPOINT_FRAMES;
     conn.wal_hook(Some(count_wal_frames));
     loop {
         in_flight -= synced.try_iter().sum::<usize>();
-        if WAL_FRAMES.get() >= CHECKPOINT_FRAMES {
+        if WAL_FRAMES.get() >= checkpoint_at {
             // Once the syncer is done, so that the checkpoint's own syncs never overlap
             // it, and between transactions, so that the log can restart from its
             // beginning at the next commit.
@@ -433,7 +541,7 @@ fn writer_loop(
                     Err(_) => return,
                 }
             }
-            checkpoint(&conn);
+            checkpoint_at = checkpoint(&conn);
         }
         let first = if in_flight == 0 {
             match rx.recv() {
@@ -505,6 +613,7 @@ fn writer_loop(
         }
         stats.commands.fetch_add(ran as u64, Ordering::Relaxed);
         metrics::counter!("vow_sqlite_write_commands_total").increment(ran as u64);
+        let seq = sync.durability.committing.fetch_add(1, Ordering::SeqCst) + 1;
         let commit = if alone && failed {
             // The lone command failed without a savepoint: undo whatever it wrote.
             exec_cached(&conn, "ROLLBACK").map_err(|e| e.to_string().into())
@@ -526,14 +635,16 @@ fn writer_loop(
             // overlap the sync with: sync here rather than wake the syncer (one thread
             // hand-off less on every request of a lone or lightly loaded caller).
             if wrote {
-                sync_log(&wal, stats);
+                sync.log();
             }
+            sync.durability.mark(seq);
             for finish in finishers {
                 finish(commit.clone());
             }
             continue;
         }
         let committed = Committed {
+            seq,
             finishers,
             outcome: commit,
             wrote,
@@ -858,6 +969,46 @@ mod tests {
         // The checkpoint runs at 1,000 frames; a transaction committed on top of that
         // may add at most what 64 commands write.
         assert!(wal_bytes < 8_000_000, "the log grew to {wal_bytes} bytes");
+    }
+
+    /// A reader sees a commit as soon as SQLite has written it, before its sync; the
+    /// store must not return it before the sync has returned. With every sync slowed
+    /// to 100 ms, the first read that finds a concurrently written row comes after a
+    /// sync.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn readers_never_return_a_write_before_its_sync() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(SqliteStore::open(dir.path().join("vow.db")).unwrap());
+        store.durability.sync_delay_ms.store(100, Ordering::Relaxed);
+        let syncs_before = store.writer_stats().syncs.load(Ordering::Acquire);
+        let write = {
+            let store = store.clone();
+            tokio::spawn(async move {
+                store
+                    .write(|c, _| {
+                        c.execute(
+                            "INSERT INTO tenants (id, name, created_at) VALUES ('late', 'late', 0)",
+                            [],
+                        )
+                        .map_err(internal)
+                    })
+                    .await
+            })
+        };
+        let mut reads = 0;
+        loop {
+            reads += 1;
+            if store.read(|c| tenant_count(c, "late")).await.unwrap() == 1 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
+        let syncs = store.writer_stats().syncs.load(Ordering::Acquire);
+        assert!(
+            syncs > syncs_before,
+            "the row was returned by read {reads} before its sync returned"
+        );
+        write.await.unwrap().unwrap();
     }
 
     fn tenant_count(c: &Connection, name: &str) -> StoreResult<i64> {
