@@ -196,7 +196,7 @@ impl SqliteStore {
         let (wtx, wrx) = crossbeam_channel::unbounded::<WriteCmd>();
         let (stx, srx) = crossbeam_channel::unbounded::<Committed>();
         let (dtx, drx) = crossbeam_channel::unbounded::<usize>();
-        let writer = Sync {
+        let writer = LogSync {
             wal: wal.try_clone().map_err(internal)?,
             stats: stats.clone(),
             durability: durability.clone(),
@@ -205,7 +205,7 @@ impl SqliteStore {
             .name("vow-sqlite-writer".into())
             .spawn(move || writer_loop(conn, wrx, stx, drx, &writer))
             .map_err(internal)?;
-        let syncer = Sync {
+        let syncer = LogSync {
             wal,
             stats: stats.clone(),
             durability: durability.clone(),
@@ -397,13 +397,13 @@ struct Committed {
 
 /// What the writer and the syncer share to make transactions durable: the log, the
 /// counters, and the readers' view of what is durable.
-struct Sync {
+struct LogSync {
     wal: std::fs::File,
     stats: Arc<WriterStats>,
     durability: Arc<Durability>,
 }
 
-impl Sync {
+impl LogSync {
     /// `fdatasync`s the write-ahead log: every transaction committed before the call
     /// is durable when it returns.
     fn log(&self) {
@@ -436,7 +436,7 @@ fn sync_log(wal: &std::fs::File, stats: &WriterStats) {
 /// tells the writer it is free (so the writer, which may answer a later transaction
 /// itself, never answers it before these).
 fn syncer_loop(
-    sync: &Sync,
+    sync: &LogSync,
     rx: crossbeam_channel::Receiver<Committed>,
     synced: crossbeam_channel::Sender<usize>,
 ) {
@@ -521,7 +521,7 @@ fn writer_loop(
     rx: crossbeam_channel::Receiver<WriteCmd>,
     syncer: crossbeam_channel::Sender<Committed>,
     synced: crossbeam_channel::Receiver<usize>,
-    sync: &Sync,
+    sync: &LogSync,
 ) {
     use crossbeam_channel::{select, TryRecvError};
     let stats = &*sync.stats;
