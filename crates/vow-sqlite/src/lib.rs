@@ -411,24 +411,19 @@ impl LogSync {
         std::thread::sleep(std::time::Duration::from_millis(
             self.durability.sync_delay_ms.load(Ordering::Relaxed),
         ));
-        sync_log(&self.wal, &self.stats);
+        let started = std::time::Instant::now();
+        if let Err(e) = self.wal.sync_data() {
+            // The kernel may have dropped the unwritten pages and a later sync could
+            // then succeed without them: answering anyone from here on could be a lie.
+            // Stop; a restart recovers from what is on disk.
+            tracing::error!(error = %e, "fdatasync of the write-ahead log failed; aborting");
+            std::process::abort();
+        }
+        self.stats.syncs.fetch_add(1, Ordering::Release);
+        metrics::counter!("vow_sqlite_syncs_total").increment(1);
+        metrics::histogram!("vow_sqlite_sync_duration_seconds")
+            .record(started.elapsed().as_secs_f64());
     }
-}
-
-/// `fdatasync`s the write-ahead log: every transaction committed before the call is
-/// durable when it returns.
-fn sync_log(wal: &std::fs::File, stats: &WriterStats) {
-    let started = std::time::Instant::now();
-    if let Err(e) = wal.sync_data() {
-        // The kernel may have dropped the unwritten pages and a later sync could then
-        // succeed without them: answering anyone from here on could be a lie. Stop; a
-        // restart recovers from what is on disk.
-        tracing::error!(error = %e, "fdatasync of the write-ahead log failed; aborting");
-        std::process::abort();
-    }
-    stats.syncs.fetch_add(1, Ordering::Release);
-    metrics::counter!("vow_sqlite_syncs_total").increment(1);
-    metrics::histogram!("vow_sqlite_sync_duration_seconds").record(started.elapsed().as_secs_f64());
 }
 
 /// Makes committed transactions durable, in order: takes every transaction queued
