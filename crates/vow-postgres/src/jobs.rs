@@ -23,7 +23,7 @@ use vow_store::*;
 
 use crate::notices::{outbox, Notice};
 use crate::rows::{
-    event_from_row, job_cols, job_from_row, opt_json, to_json, EVENT_COLS, JOB_COLS,
+    event_from_row, job_cols, job_from_row, opt_json, to_json, EVENT_COLS, JOB_COLS, TENANT_CHECK,
 };
 use crate::{pg_err, Effects};
 
@@ -226,6 +226,28 @@ async fn apply_steps(
     Ok(out)
 }
 
+/// Reads a tenant's jobs by id (`$1`, an array; `$2` the tenant), in id order, and with
+/// `lock` locks them (`FOR UPDATE`). Found by the primary key (see [`TENANT_CHECK`]).
+pub(crate) fn jobs_by_id_sql(lock: bool) -> String {
+    let lock = if lock { " FOR UPDATE" } else { "" };
+    format!(
+        "SELECT {JOB_COLS} FROM jobs WHERE id = ANY($1::text[]) AND {TENANT_CHECK} $2 \
+         ORDER BY id{lock}"
+    )
+}
+
+/// A tenant's job (`$1` its id, `$2` the tenant).
+pub(crate) fn job_sql() -> String {
+    format!("SELECT {JOB_COLS} FROM jobs WHERE id = $1 AND {TENANT_CHECK} $2")
+}
+
+/// A job's events in order (`$1` its id, `$2` the tenant).
+pub(crate) fn job_events_sql() -> String {
+    format!(
+        "SELECT {EVENT_COLS} FROM job_events WHERE job_id = $1 AND {TENANT_CHECK} $2 ORDER BY seq"
+    )
+}
+
 /// Locks a tenant's jobs by id (in id order) and applies one op to each.
 async fn transition_many(
     tx: &impl GenericClient,
@@ -237,15 +259,7 @@ async fn transition_many(
     let mut ids: Vec<&str> = steps.iter().map(|(id, _)| id.as_str()).collect();
     ids.sort_unstable();
     ids.dedup();
-    let rows = query(
-        tx,
-        &format!(
-            "SELECT {JOB_COLS} FROM jobs WHERE tenant_id = $1 AND id = ANY($2::text[]) \
-             ORDER BY id FOR UPDATE"
-        ),
-        &[&tenant.as_str(), &ids],
-    )
-    .await?;
+    let rows = query(tx, &jobs_by_id_sql(true), &[&ids, &tenant.as_str()]).await?;
     let jobs = rows
         .iter()
         .map(|r| job_from_row(r).map(|j| (j.id.clone(), j)))
@@ -429,13 +443,7 @@ async fn insert_jobs(
         .collect();
     let mut existing: HashMap<JobId, Job> = HashMap::new();
     if !old.is_empty() {
-        for r in query(
-            tx,
-            &format!("SELECT {JOB_COLS} FROM jobs WHERE tenant_id = $1 AND id = ANY($2::text[])"),
-            &[&tenant, &old],
-        )
-        .await?
-        {
+        for r in query(tx, &jobs_by_id_sql(false), &[&old, &tenant]).await? {
             let j = job_from_row(&r)?;
             existing.insert(j.id.clone(), j);
         }
@@ -714,12 +722,7 @@ pub(crate) async fn get(
     tenant: &TenantId,
     id: &JobId,
 ) -> StoreResult<Option<Job>> {
-    let rows = query(
-        c,
-        &format!("SELECT {JOB_COLS} FROM jobs WHERE id = $1 AND tenant_id = $2"),
-        &[&id.as_str(), &tenant.as_str()],
-    )
-    .await?;
+    let rows = query(c, &job_sql(), &[&id.as_str(), &tenant.as_str()]).await?;
     rows.first().map(job_from_row).transpose()
 }
 
@@ -728,17 +731,11 @@ pub(crate) async fn event_list(
     tenant: &TenantId,
     id: &JobId,
 ) -> StoreResult<Vec<JobEventView>> {
-    query(
-        c,
-        &format!(
-            "SELECT {EVENT_COLS} FROM job_events WHERE job_id = $1 AND tenant_id = $2 ORDER BY seq"
-        ),
-        &[&id.as_str(), &tenant.as_str()],
-    )
-    .await?
-    .iter()
-    .map(event_from_row)
-    .collect()
+    query(c, &job_events_sql(), &[&id.as_str(), &tenant.as_str()])
+        .await?
+        .iter()
+        .map(event_from_row)
+        .collect()
 }
 
 /// A tenant's events after a sequence number. Note: sequence numbers are handed out at

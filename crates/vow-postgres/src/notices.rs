@@ -31,7 +31,7 @@ use vow_store::*;
 
 use crate::internal;
 use crate::jobs::{execute, query};
-use crate::rows::{get, nonneg, parsed, parsed_opt, ts_opt};
+use crate::rows::{get, nonneg, parsed, parsed_opt, ts_opt, TENANT_CHECK};
 
 /// A notice due from one transition: its type and the job as it is after it.
 pub(crate) struct Notice<'a> {
@@ -662,7 +662,7 @@ pub(crate) async fn get_one(
     let delivery = async {
         query(
             c,
-            &format!("SELECT {DELIVERY_COLS} FROM deliveries WHERE id = $1 AND tenant_id = $2"),
+            &format!("SELECT {DELIVERY_COLS} FROM deliveries WHERE id = $1 AND {TENANT_CHECK} $2"),
             &[&id.as_str(), &tenant.as_str()],
         )
         .await
@@ -739,8 +739,10 @@ pub(crate) async fn retry(
 ) -> StoreResult<DeliveryView> {
     let orphaned = query(
         c,
-        "SELECT d.webhook_id IS NOT NULL AND w.id IS NULL FROM deliveries d \
-         LEFT JOIN webhooks w ON w.id = d.webhook_id WHERE d.id = $1 AND d.tenant_id = $2",
+        &format!(
+            "SELECT d.webhook_id IS NOT NULL AND w.id IS NULL FROM deliveries d \
+             LEFT JOIN webhooks w ON w.id = d.webhook_id WHERE d.id = $1 AND d.{TENANT_CHECK} $2"
+        ),
         &[&id.as_str(), &tenant.as_str()],
     )
     .await?;
@@ -757,7 +759,7 @@ pub(crate) async fn retry(
         c,
         &format!(
             "UPDATE deliveries SET state = 'pending', next_attempt_at = $3, round_start = attempts \
-             WHERE id = $1 AND tenant_id = $2 RETURNING {DELIVERY_COLS}"
+             WHERE id = $1 AND {TENANT_CHECK} $2 RETURNING {DELIVERY_COLS}"
         ),
         &[&id.as_str(), &tenant.as_str(), &now.0],
     )
@@ -828,7 +830,7 @@ pub(crate) async fn webhook_get(
 ) -> StoreResult<Option<WebhookView>> {
     query(
         c,
-        &format!("SELECT {WEBHOOK_COLS} FROM webhooks WHERE id = $1 AND tenant_id = $2"),
+        &format!("SELECT {WEBHOOK_COLS} FROM webhooks WHERE id = $1 AND {TENANT_CHECK} $2"),
         &[&id.as_str(), &tenant.as_str()],
     )
     .await?
@@ -868,7 +870,7 @@ pub(crate) async fn webhook_secret_rotate(
         c,
         &format!(
             "UPDATE webhooks SET previous_secret = secret, previous_expires_at = $3, secret = $4 \
-             WHERE id = $1 AND tenant_id = $2 RETURNING {WEBHOOK_COLS}"
+             WHERE id = $1 AND {TENANT_CHECK} $2 RETURNING {WEBHOOK_COLS}"
         ),
         &[
             &id.as_str(),
@@ -891,11 +893,13 @@ pub(crate) async fn webhook_delete(
 ) -> StoreResult<()> {
     let rows = query(
         c,
-        "WITH w AS (DELETE FROM webhooks WHERE id = $1 AND tenant_id = $2 RETURNING id), \
-         d AS (UPDATE deliveries SET state = 'dead', last_error = 'webhook deleted', \
-                 next_attempt_at = NULL \
-               WHERE webhook_id IN (SELECT id FROM w) AND state = 'pending') \
-         SELECT id FROM w",
+        &format!(
+            "WITH w AS (DELETE FROM webhooks WHERE id = $1 AND {TENANT_CHECK} $2 RETURNING id), \
+             d AS (UPDATE deliveries SET state = 'dead', last_error = 'webhook deleted', \
+                     next_attempt_at = NULL \
+                   WHERE webhook_id IN (SELECT id FROM w) AND state = 'pending') \
+             SELECT id FROM w"
+        ),
         &[&id.as_str(), &tenant.as_str()],
     )
     .await?;

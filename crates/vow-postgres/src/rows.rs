@@ -9,6 +9,16 @@ use vow_store::{StoreError, StoreResult};
 
 use crate::internal;
 
+/// The tenant condition of a lookup by unique id: `tenant_id IS NOT DISTINCT FROM $n`,
+/// which on a `NOT NULL` column means `tenant_id = $n` but is never an index condition.
+/// With `tenant_id = $n` the planner may find the row through an index that starts with
+/// `tenant_id` (`jobs_queue_state`, `deliveries_job`) and filter that tenant's rows for
+/// the id, whenever the statistics predate the tenant and estimate it at one row: a
+/// tenant created since the last `ANALYZE`, and soon the busiest. That walk cost 17 ms a
+/// job lock at 20,000 jobs. Written this way, the unique index on the id is the only way
+/// in, and the tenant is checked on the row found.
+pub(crate) const TENANT_CHECK: &str = "tenant_id IS NOT DISTINCT FROM";
+
 /// Columns of `jobs` in the order [`job_from_row`] reads them.
 pub(crate) const JOB_COLS: &str = "id, tenant_id, queue, state, priority, grp, attempt, \
     max_attempts, payload, result, last_error, progress, run_at, created_at, started_at, \

@@ -346,6 +346,18 @@ pub fn lease_statement() -> (&'static str, &'static str) {
     (crate::jobs::lease_sql(), crate::jobs::LEASE_SETTINGS)
 }
 
+/// The lookups of a tenant's rows by unique id, each with the index it must walk: `$1`
+/// the id (or an array of ids), `$2` the tenant. For tests that check their plans.
+pub fn lookups_by_id() -> Vec<(String, &'static str)> {
+    use crate::jobs::{job_events_sql, job_sql, jobs_by_id_sql};
+    vec![
+        (jobs_by_id_sql(true), "jobs_pkey"),
+        (jobs_by_id_sql(false), "jobs_pkey"),
+        (job_sql(), "jobs_pkey"),
+        (job_events_sql(), "job_events_job"),
+    ]
+}
+
 #[cfg(test)]
 mod tests {
     use super::with_database;
