@@ -9,8 +9,8 @@
 //!   store cannot disagree with the reference model. Leasing is one statement
 //!   (`UPDATE … FROM (SELECT … FOR UPDATE SKIP LOCKED LIMIT n) RETURNING`).
 //! - Wake-ups and job events are published on the local [`Bus`] after commit and sent to
-//!   the other nodes with `NOTIFY` inside the same transaction (delivered at commit); one
-//!   `LISTEN` connection per node feeds them into its bus ([`listener`]).
+//!   the other nodes with `NOTIFY` right after the commit, before the caller is answered;
+//!   one `LISTEN` connection per node feeds them into its bus ([`listener`]).
 //! - Completion notices (`notices.rs`): delivery rows (the outbox) are written in the
 //!   job transition's transaction; dispatchers on any node claim them with
 //!   `SKIP LOCKED`, hold them while sending, and share each endpoint's circuit breaker
@@ -322,25 +322,36 @@ impl PgStore {
         .await
     }
 
-    /// Sends the effects to the other nodes (`NOTIFY`, delivered at commit) and commits,
-    /// both in one round trip.
+    /// Commits, then sends the effects to the other nodes (`NOTIFY`) in a transaction of
+    /// their own, before the caller is answered.
+    ///
+    /// Not inside the write transaction: PostgreSQL holds one lock, for the whole
+    /// database, from a notifying transaction's pre-commit until its commit record is
+    /// flushed. Writes that notify in their transaction therefore commit one at a time,
+    /// each waiting out the previous one's WAL flush, and lose group commit: with 16
+    /// workers leasing and completing, most of the drain's time went to waiting for that
+    /// lock. A transaction that only notifies writes no WAL and is not flushed, so it
+    /// holds the lock for microseconds.
+    ///
+    /// The other nodes still hear only of committed, durable changes. Notifications of
+    /// concurrent transactions may reach them in another order than their commits (no
+    /// client can tell: neither was answered before the other committed). A write is
+    /// never failed by its notification (it is committed): a failed one is tried once
+    /// more on another connection, else logged, and the other nodes' waiters find the
+    /// work when they next look (a lease wait ends within `wait_ms`).
     async fn commit(&self, tx: WriteTx, fx: &Effects) -> StoreResult<()> {
-        let c = tx.client();
-        if fx.is_empty() {
-            c.batch_execute("COMMIT").await.map_err(pg_err)?;
-        } else {
-            listener::prepare(c).await?;
-            // Pipelined: `COMMIT` goes out right behind the `NOTIFY`. Should the
-            // `NOTIFY` fail, PostgreSQL answers the `COMMIT` of the failed transaction
-            // with a rollback, so its error is the outcome.
-            let (notified, committed) = tokio::join!(
-                listener::notify(c, &self.node, fx),
-                c.batch_execute("COMMIT")
-            );
-            notified?;
-            committed.map_err(pg_err)?;
+        tx.client().batch_execute("COMMIT").await.map_err(pg_err)?;
+        let conn = tx.finished();
+        if !fx.is_empty() {
+            let payloads = listener::payloads(&self.node, fx);
+            if let Err(first) = listener::notify(&conn, &payloads).await {
+                drop(conn);
+                let again = async { listener::notify(&self.conn().await?, &payloads).await };
+                if let Err(e) = again.await {
+                    tracing::warn!(error = %e, first = %first, "could not notify the other nodes of a commit");
+                }
+            }
         }
-        tx.finished();
         Ok(())
     }
 }
@@ -384,9 +395,12 @@ impl WriteTx {
         }
     }
 
-    /// The transaction ended (committed): the connection may go back to the pool.
-    fn finished(mut self) {
-        drop(self.conn.take());
+    /// The transaction ended (committed): the connection, to go back to the pool when
+    /// dropped.
+    fn finished(mut self) -> deadpool_postgres::Object {
+        self.conn
+            .take()
+            .expect("a write transaction has its connection until it ends")
     }
 }
 

@@ -1,12 +1,12 @@
-//! Cross-node signals: `NOTIFY` in the writing transaction, one `LISTEN` connection per
-//! node feeding its [`Bus`].
+//! Cross-node signals: `NOTIFY` right after each writing transaction commits, one
+//! `LISTEN` connection per node feeding its [`Bus`].
 //!
 //! A transaction's effects (queues to wake, job events, "a job was scheduled") are
-//! serialised into as few `NOTIFY vow` payloads as fit PostgreSQL's 8000-byte limit, sent
-//! in one statement at the end of the transaction. PostgreSQL delivers them only if and
-//! when the transaction commits, in commit order, so a node never hears of a job that is
-//! not durable. Each payload carries the sender's node id; a node ignores its own (it
-//! already published them locally, right after the commit).
+//! serialised into as few `NOTIFY vow` payloads as fit PostgreSQL's 8000-byte limit and
+//! sent in one statement once the transaction has committed (in a transaction of their
+//! own: see `PgStore::commit` for why not inside it), so a node never hears of a change
+//! that is not durable. Each payload carries the sender's node id; a node ignores its own
+//! (it already published them locally, right after the commit).
 //!
 //! The listener reconnects on its own after an outage (with backoff up to 2 s). After
 //! every (re)connect it wakes every waiter and nudges the chores: notifications sent
@@ -67,22 +67,14 @@ pub(crate) fn payloads(node: &str, fx: &Effects) -> Vec<String> {
     out
 }
 
-/// Queues the effects' notifications in the transaction (sent at commit).
-pub(crate) async fn notify(tx: &impl GenericClient, node: &str, fx: &Effects) -> StoreResult<()> {
-    let payloads = payloads(node, fx);
-    execute(tx, NOTIFY_SQL, &[&CHANNEL, &payloads]).await?;
+/// Sends payloads (see [`payloads`]) to every node, in a transaction of their own: run it
+/// after the commit whose effects they carry (see `PgStore::commit`).
+pub(crate) async fn notify(c: &impl GenericClient, payloads: &[String]) -> StoreResult<()> {
+    execute(c, NOTIFY_SQL, &[&CHANNEL, &payloads]).await?;
     Ok(())
 }
 
 const NOTIFY_SQL: &str = "SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p";
-
-/// Prepares (once per connection) the statement [`notify`] runs, so that a `NOTIFY`
-/// pipelined with its `COMMIT` is sent at once rather than after a prepare round trip
-/// (which would let the `COMMIT` overtake it).
-pub(crate) async fn prepare(c: &impl GenericClient) -> StoreResult<()> {
-    c.prepare_cached(NOTIFY_SQL).await.map_err(crate::pg_err)?;
-    Ok(())
-}
 
 /// Feeds one payload into the bus (unless this node sent it).
 fn deliver(bus: &Bus, node: &str, payload: &str) {
