@@ -221,8 +221,8 @@ async fn apply_steps(
         }
     }
     let changed: Vec<&Job> = dirty.iter().filter_map(|id| jobs.get(id)).collect();
-    save_many(tx, &changed).await?;
-    record(tx, fx, pending, now).await?;
+    // Independent statements: pipelined, one round trip.
+    futures::try_join!(save_many(tx, &changed), record(tx, fx, pending, now))?;
     Ok(out)
 }
 
