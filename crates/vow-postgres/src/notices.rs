@@ -962,14 +962,19 @@ pub(crate) async fn prune(
         if left == 0 {
             break;
         }
+        // The state is written into the SQL so that the plan may use the partial index
+        // `deliveries_settled` (a generic plan cannot prove `state = $n` implies it).
         let rows = query(
             tx,
-            "WITH doomed AS ( \
-               SELECT id FROM deliveries WHERE state = $2 AND created_at < $1 \
-               ORDER BY created_at LIMIT $3 FOR UPDATE SKIP LOCKED), \
-             log AS (DELETE FROM delivery_attempts WHERE delivery_id IN (SELECT id FROM doomed)) \
-             DELETE FROM deliveries WHERE id IN (SELECT id FROM doomed) RETURNING 1",
-            &[&before.0, &state.as_str(), &(left as i64)],
+            &format!(
+                "WITH doomed AS ( \
+                   SELECT id FROM deliveries WHERE state = '{state}' AND created_at < $1 \
+                   ORDER BY created_at LIMIT $2 FOR UPDATE SKIP LOCKED), \
+                 log AS (DELETE FROM delivery_attempts WHERE delivery_id IN (SELECT id FROM doomed)) \
+                 DELETE FROM deliveries WHERE id IN (SELECT id FROM doomed) RETURNING 1",
+                state = state.as_str()
+            ),
+            &[&before.0, &(left as i64)],
         )
         .await?;
         gone += rows.len();

@@ -173,6 +173,36 @@ async fn the_lease_walks_its_index_without_statistics() {
     let plan = plan.join("\n");
     assert!(plan.contains("using jobs_lease on jobs"), "{plan}");
     assert!(!plan.contains("Sort Key: jobs.priority"), "{plan}");
+    // The store's sessions run generic plans (`plan_cache_mode`): that one too.
+    tx.batch_execute(&format!("PREPARE lease AS {sql}"))
+        .await
+        .unwrap();
+    let plan = generic_plan(
+        &tx,
+        &format!("lease('{t}', 'q', 1, 'w', {}, NULL, ARRAY['lease'])", T0.0),
+    )
+    .await;
+    assert!(plan.contains("using jobs_lease on jobs"), "{plan}");
+    assert!(!plan.contains("Sort Key: jobs.priority"), "{plan}");
+}
+
+/// The generic plan of `execute` (`name(args)` of a prepared statement), the one the
+/// store's sessions run.
+async fn generic_plan(tx: &tokio_postgres::Transaction<'_>, execute: &str) -> String {
+    tx.batch_execute("SET LOCAL plan_cache_mode = force_generic_plan")
+        .await
+        .unwrap();
+    let plan: Vec<String> = tx
+        .query(&format!("EXPLAIN EXECUTE {execute}"), &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    tx.batch_execute("SET LOCAL plan_cache_mode = auto")
+        .await
+        .unwrap();
+    plan.join("\n")
 }
 
 /// A tenant created after the last `ANALYZE` is estimated at one row. Its lookups by id
@@ -209,6 +239,16 @@ async fn lookups_by_id_walk_the_ids_index_for_a_tenant_the_statistics_have_not_s
         };
         let plan: Vec<String> = rows.unwrap().iter().map(|r| r.get(0)).collect();
         let plan = plan.join("\n");
+        assert!(plan.contains(&format!("using {index} on")), "{sql}\n{plan}");
+        tx.batch_execute(&format!("DEALLOCATE ALL; PREPARE lookup AS {sql}"))
+            .await
+            .unwrap();
+        let arg = if by_array {
+            format!("ARRAY['{id}']")
+        } else {
+            format!("'{id}'")
+        };
+        let plan = generic_plan(&tx, &format!("lookup({arg}, '{new}')")).await;
         assert!(plan.contains(&format!("using {index} on")), "{sql}\n{plan}");
     }
 }
