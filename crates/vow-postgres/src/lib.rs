@@ -9,8 +9,8 @@
 //!   store cannot disagree with the reference model. Leasing is one statement
 //!   (`UPDATE … FROM (SELECT … FOR UPDATE SKIP LOCKED LIMIT n) RETURNING`).
 //! - Wake-ups and job events are published on the local [`Bus`] after commit and sent to
-//!   the other nodes with `NOTIFY` right after the commit, before the caller is answered;
-//!   one `LISTEN` connection per node feeds them into its bus ([`listener`]).
+//!   the other nodes with `NOTIFY` right after the commit (normally before the caller is
+//!   answered); one `LISTEN` connection per node feeds them into its bus ([`listener`]).
 //! - Completion notices (`notices.rs`): delivery rows (the outbox) are written in the
 //!   job transition's transaction; dispatchers on any node claim them with
 //!   `SKIP LOCKED`, hold them while sending, and share each endpoint's circuit breaker
@@ -106,8 +106,10 @@ impl PgConfig {
         // Prepared statements run their generic plan: with custom plans PostgreSQL
         // re-planned the hot statements on most executions (the lease: 0.75 ms of
         // planning on 0.9 ms of execution, mid-drain). No statement needs a parameter's
-        // value to find its index: a partial index's predicate is always written into
-        // the SQL, and lookups by id cannot take another index (`rows::TENANT_CHECK`).
+        // value to find its index: a partial index's predicate (a state) and a LIMIT the
+        // plan turns on are written into the SQL, lookups by id cannot take another
+        // index (`rows::TENANT_CHECK`), and the lease's and the lookups' generic plans
+        // are tested (tests/transactions.rs).
         let st = statement_timeout.as_millis();
         pg.options(format!(
             "-c synchronous_commit=on -c statement_timeout={st} -c lock_timeout={st} \
@@ -327,8 +329,9 @@ impl PgStore {
         .await
     }
 
-    /// Commits, then sends the effects to the other nodes (`NOTIFY`) in a transaction of
-    /// their own, before the caller is answered.
+    /// Sends a committed transaction's effects to the other nodes (`NOTIFY`), in a
+    /// transaction of its own on the connection that committed it. Never fails: the
+    /// write is committed whatever becomes of its notification.
     ///
     /// Not inside the write transaction: PostgreSQL holds one lock, for the whole
     /// database, from a notifying transaction's pre-commit until its commit record is
@@ -338,32 +341,43 @@ impl PgStore {
     /// lock. A transaction that only notifies writes no WAL and is not flushed, so it
     /// holds the lock for microseconds.
     ///
-    /// The other nodes still hear only of committed, durable changes. Notifications of
-    /// concurrent transactions may reach them in another order than their commits (no
-    /// client can tell: neither was answered before the other committed). A write is
-    /// never failed by its notification (it is committed): a failed one is tried once
-    /// more on another connection, else logged, and the other nodes' waiters find the
-    /// work when they next look (a lease wait ends within `wait_ms`).
-    async fn commit(&self, tx: WriteTx, fx: &Effects) -> StoreResult<()> {
-        tx.client().batch_execute("COMMIT").await.map_err(pg_err)?;
-        let conn = tx.finished();
-        if !fx.is_empty() {
-            let payloads = listener::payloads(&self.node, fx);
-            if let Err(first) = listener::notify(&conn, &payloads).await {
-                drop(conn);
-                let again = async { listener::notify(&self.conn().await?, &payloads).await };
-                if let Err(e) = again.await {
-                    tracing::warn!(error = %e, first = %first, "could not notify the other nodes of a commit");
-                }
-            }
+    /// The notification is sent by a task of its own, outside the operation's timeout:
+    /// neither a slow notification nor the caller going away can turn a committed write
+    /// into an error (which a client would retry, applying it twice) or lose the
+    /// notification. The caller waits for it up to [`NOTIFY_WAIT`], so that normally the
+    /// other nodes hear of a change before its caller does. A failed notification is
+    /// tried once more on another connection, else logged; the other nodes' waiters then
+    /// find the work when they next look (a lease wait ends within `wait_ms`).
+    async fn announce(&self, conn: deadpool_postgres::Object, fx: &Effects) {
+        if fx.is_empty() {
+            return;
         }
-        Ok(())
+        let payloads = listener::payloads(&self.node, fx);
+        let pool = self.pool.clone();
+        let sent = tokio::spawn(async move {
+            let Err(first) = listener::notify(&conn, &payloads).await else {
+                return;
+            };
+            drop(conn);
+            let again = async {
+                let conn = pool.get().await.map_err(pool_err)?;
+                listener::notify(&conn, &payloads).await
+            };
+            if let Err(e) = again.await {
+                tracing::warn!(error = %e, first = %first, "could not notify the other nodes of a commit");
+            }
+        });
+        let _ = tokio::time::timeout(NOTIFY_WAIT, sent).await;
     }
 }
 
-/// A write transaction on a pooled connection, begun and ended without a round trip of
-/// their own: `BEGIN` is sent right before the body's first statement and `COMMIT` right
-/// behind the `NOTIFY` (tokio-postgres pipelines requests polled together). Dropped
+/// How long a write's caller waits for its notification to be sent before being
+/// answered anyway (normally it takes a fraction of a millisecond).
+const NOTIFY_WAIT: Duration = Duration::from_millis(500);
+
+/// A write transaction on a pooled connection, begun without a round trip of its own:
+/// `BEGIN` is sent right before the body's first statement (tokio-postgres pipelines
+/// requests polled together). Dropped
 /// before it ends (the body failed, or the call timed out), it rolls back: after an
 /// error, with a `ROLLBACK`; if cancelled mid-flight, the connection is taken out of the
 /// pool and closed, so nobody inherits an open transaction.
@@ -400,12 +414,16 @@ impl WriteTx {
         }
     }
 
-    /// The transaction ended (committed): the connection, to go back to the pool when
-    /// dropped.
-    fn finished(mut self) -> deadpool_postgres::Object {
-        self.conn
+    /// Commits; gives back the connection, to go back to the pool when dropped.
+    async fn commit(mut self) -> StoreResult<deadpool_postgres::Object> {
+        self.client()
+            .batch_execute("COMMIT")
+            .await
+            .map_err(pg_err)?;
+        Ok(self
+            .conn
             .take()
-            .expect("a write transaction has its connection until it ends")
+            .expect("a write transaction has its connection until it ends"))
     }
 }
 
@@ -428,7 +446,8 @@ fn is_conflict(e: &StoreError) -> bool {
 }
 
 /// Runs a body in a write transaction: `|tx, fx| body` gets the transaction and the
-/// effects to collect. After the commit the effects are published on this node's bus.
+/// effects to collect. After the commit the effects are published on this node's bus and
+/// sent to the others ([`PgStore::announce`]), outside the operation's timeout.
 /// Retried (twice) on a serialization failure or deadlock.
 macro_rules! write_tx {
     ($store:ident, |$tx:ident, $fx:ident| $body:expr) => {{
@@ -445,10 +464,7 @@ macro_rules! write_tx {
                         tx.run(async { $body }).await
                     };
                     match out {
-                        Ok(out) => {
-                            $store.commit(tx, &effects).await?;
-                            Ok((out, effects))
-                        }
+                        Ok(out) => Ok((out, effects, tx.commit().await?)),
                         Err(e) => {
                             tx.rollback().await;
                             Err(e)
@@ -457,7 +473,8 @@ macro_rules! write_tx {
                 })
                 .await;
             match r {
-                Ok((out, effects)) => {
+                Ok((out, effects, conn)) => {
+                    $store.announce(conn, &effects).await;
                     effects.apply(&$store.bus);
                     break Ok(out);
                 }

@@ -4,9 +4,11 @@
 //! A transaction's effects (queues to wake, job events, "a job was scheduled") are
 //! serialised into as few `NOTIFY vow` payloads as fit PostgreSQL's 8000-byte limit and
 //! sent in one statement once the transaction has committed (in a transaction of their
-//! own: see `PgStore::commit` for why not inside it), so a node never hears of a change
-//! that is not durable. Each payload carries the sender's node id; a node ignores its own
-//! (it already published them locally, right after the commit).
+//! own: see `PgStore::announce` for why not inside it), so a node never hears of a change
+//! that is not durable. An event too large for a payload (a failure's error message may
+//! hold 16 KiB) travels as its sequence number, and the listeners read it back from
+//! `job_events`. Each payload carries the sender's node id; a node ignores its own (it
+//! already published them locally, right after the commit).
 //!
 //! The listener reconnects on its own after an outage (with backoff up to 2 s). After
 //! every (re)connect it wakes every waiter and nudges the chores: notifications sent
@@ -22,6 +24,7 @@ use tokio_postgres::{AsyncMessage, NoTls};
 use vow_store::{Bus, StoreResult};
 
 use crate::jobs::execute;
+use crate::rows::{event_from_row, parsed, EVENT_COLS};
 use crate::Effects;
 
 /// The channel every node listens on.
@@ -35,34 +38,50 @@ struct Signal<'a> {
     n: std::borrow::Cow<'a, str>,
     #[serde(flatten)]
     fx: Effects,
+    /// Events too large to ride in a payload, by sequence number: the listener reads
+    /// them from `job_events` (committed before the notification is sent).
+    #[serde(default, rename = "f", skip_serializing_if = "Vec::is_empty")]
+    fetch: Vec<i64>,
 }
 
 /// Splits effects into payloads of at most [`MAX_PAYLOAD`] bytes (wake-ups and the
-/// nudge ride in the first; events are packed greedily after).
+/// nudge ride in the first; events are packed greedily after, in order; an event that
+/// cannot fit even alone goes as its sequence number, in a payload of its own).
 pub(crate) fn payloads(node: &str, fx: &Effects) -> Vec<String> {
     let mut wake = fx.wake.clone();
     wake.sort_by(|a, b| (a.0.as_str(), a.1.as_str()).cmp(&(b.0.as_str(), b.1.as_str())));
     wake.dedup();
-    let encode =
-        |fx: Effects| serde_json::to_string(&Signal { n: node.into(), fx }).unwrap_or_default();
+    let encode = |fx: Effects, fetch: Vec<i64>| {
+        serde_json::to_string(&Signal {
+            n: node.into(),
+            fx,
+            fetch,
+        })
+        .unwrap_or_default()
+    };
+    let empty = encode(Effects::default(), Vec::new()).len();
     let mut out = Vec::new();
     let mut current = Effects {
         wake,
         events: Vec::new(),
         nudge_chores: fx.nudge_chores,
     };
-    let mut size = encode(current.clone()).len();
+    let mut size = encode(current.clone(), Vec::new()).len();
     for ev in &fx.events {
         let ev_size = serde_json::to_string(ev).map(|s| s.len() + 1).unwrap_or(0);
         if size + ev_size > MAX_PAYLOAD && !current.is_empty() {
-            out.push(encode(std::mem::take(&mut current)));
-            size = encode(Effects::default()).len();
+            out.push(encode(std::mem::take(&mut current), Vec::new()));
+            size = empty;
+        }
+        if empty + ev_size > MAX_PAYLOAD {
+            out.push(encode(Effects::default(), vec![ev.1.seq]));
+            continue;
         }
         current.events.push(ev.clone());
         size += ev_size;
     }
     if !current.is_empty() {
-        out.push(encode(current));
+        out.push(encode(current, Vec::new()));
     }
     out
 }
@@ -76,13 +95,40 @@ pub(crate) async fn notify(c: &impl GenericClient, payloads: &[String]) -> Store
 
 const NOTIFY_SQL: &str = "SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p";
 
-/// Feeds one payload into the bus (unless this node sent it).
-fn deliver(bus: &Bus, node: &str, payload: &str) {
-    match serde_json::from_str::<Signal<'_>>(payload) {
-        Ok(sig) if sig.n == node => {}
-        Ok(sig) => sig.fx.apply(bus),
-        Err(e) => tracing::warn!(error = %e, "ignoring a malformed notification"),
+/// Feeds one payload into the bus (unless this node sent it), reading the events it
+/// names by sequence number through the listener's connection.
+async fn deliver(client: &tokio_postgres::Client, bus: &Bus, node: &str, payload: &str) {
+    let sig = match serde_json::from_str::<Signal<'_>>(payload) {
+        Ok(sig) if sig.n == node => return,
+        Ok(sig) => sig,
+        Err(e) => {
+            tracing::warn!(error = %e, "ignoring a malformed notification");
+            return;
+        }
+    };
+    let mut fx = sig.fx;
+    if !sig.fetch.is_empty() {
+        match fetch_events(client, &sig.fetch).await {
+            Ok(events) => fx.events.extend(events),
+            Err(e) => tracing::warn!(error = %e, "could not read the events a notification names"),
+        }
     }
+    fx.apply(bus);
+}
+
+async fn fetch_events(
+    client: &tokio_postgres::Client,
+    seqs: &[i64],
+) -> StoreResult<Vec<(vow_core::TenantId, vow_core::api::JobEventView)>> {
+    let sql =
+        format!("SELECT {EVENT_COLS}, tenant_id FROM job_events WHERE seq = ANY($1) ORDER BY seq");
+    client
+        .query(&sql, &[&seqs])
+        .await
+        .map_err(crate::pg_err)?
+        .iter()
+        .map(|r| Ok((parsed(r, 9)?, event_from_row(r)?)))
+        .collect()
 }
 
 /// The listener of one node: runs until the store is dropped.
@@ -140,7 +186,7 @@ pub(crate) async fn run(
                         msg = rx.recv() => match msg {
                             Some(payload) => {
                                 let Some(b) = bus.upgrade() else { return };
-                                deliver(&b, &node, &payload);
+                                deliver(&client, &b, &node, &payload).await;
                             }
                             None => break,
                         },
@@ -165,7 +211,7 @@ pub(crate) async fn run(
                 // Drain whatever arrived before the connection ended.
                 while let Ok(payload) = rx.try_recv() {
                     let Some(b) = bus.upgrade() else { return };
-                    deliver(&b, &node, &payload);
+                    deliver(&client, &b, &node, &payload).await;
                 }
             }
             Ok(Err(e)) => {

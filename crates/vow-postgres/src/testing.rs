@@ -358,6 +358,17 @@ pub fn lookups_by_id() -> Vec<(String, &'static str)> {
     ]
 }
 
+/// A setting as the store's pooled sessions see it (`SHOW`), for tests that check what
+/// the store forces on every connection whatever the server's defaults.
+pub async fn session_setting(store: &crate::PgStore, name: &str) -> String {
+    let conn = store.conn().await.expect("a pooled connection");
+    let row = conn
+        .query_one(&format!("SHOW {name}"), &[])
+        .await
+        .expect("SHOW");
+    row.get(0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::with_database;

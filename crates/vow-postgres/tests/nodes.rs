@@ -11,7 +11,7 @@ use vow_core::limits::Limits;
 use vow_core::{JobState, QueueName, TenantId, Timestamp};
 use vow_postgres::testing::{Cluster, TestDb};
 use vow_postgres::PgStore;
-use vow_store::{JobInsertMany, JobLease, Store, StoreError, TenantInsert};
+use vow_store::{AckItem, JobAckMany, JobInsertMany, JobLease, Store, StoreError, TenantInsert};
 
 const T0: Timestamp = Timestamp(1_767_225_600_000);
 
@@ -137,6 +137,46 @@ async fn an_enqueue_on_one_node_wakes_a_lease_and_a_waiter_on_another() {
     .expect("b's leased event reaches a (once: from b's NOTIFY)");
     assert_eq!(got.event, stored[1]);
     assert_eq!(got.event.to_state, JobState::Running);
+
+    // A failure's event can exceed a notification's 8000 bytes (a worker's message may
+    // hold 16 KiB): it still reaches a, whole, and in order behind what came before.
+    let message = "x".repeat(16 * 1024);
+    let done = b
+        .job_ack_many(JobAckMany {
+            tenant_id: t.clone(),
+            items: vec![AckItem::Fail {
+                id: job.id.clone(),
+                lease_id: leased[0].lease_id.clone().unwrap(),
+                message: message.clone(),
+                code: None,
+                retryable: false,
+                retry_after_ms: None,
+            }],
+            now: T0,
+        })
+        .await
+        .unwrap();
+    assert_eq!(done[0].as_ref().unwrap().state, JobState::Dead);
+    let stored = a.job_event_list(&t, &job.id).await.unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(2), async {
+        loop {
+            let ev = a_events.recv().await.unwrap();
+            if ev.event.job_id == job.id {
+                return ev;
+            }
+        }
+    })
+    .await
+    .expect("b's oversized failure event reaches a");
+    assert_eq!(got.event, stored[2]);
+    assert_eq!(got.event.to_state, JobState::Dead);
+    assert!(got
+        .event
+        .detail
+        .as_ref()
+        .unwrap()
+        .to_string()
+        .contains(&message));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,7 +1,8 @@
-//! Write transactions are pipelined (`BEGIN` rides with the first statement, `COMMIT`
-//! with the `NOTIFY`), so the store ends them itself. These tests hold it to that: a
-//! failed or cancelled write leaves no open transaction on a pooled connection, and
-//! nothing half-written.
+//! Write transactions are pipelined (`BEGIN` rides with the first statement), so the
+//! store ends them itself. These tests hold it to that: a failed or cancelled write
+//! leaves no open transaction on a pooled connection, and nothing half-written; a
+//! committed write is answered as such whatever becomes of its notification. They also
+//! check what every session runs with, and the plans of the hot statements.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -251,4 +252,101 @@ async fn lookups_by_id_walk_the_ids_index_for_a_tenant_the_statistics_have_not_s
         let plan = generic_plan(&tx, &format!("lookup({arg}, '{new}')")).await;
         assert!(plan.contains(&format!("using {index} on")), "{sql}\n{plan}");
     }
+}
+
+/// A write is committed before its notification to the other nodes is sent, and the
+/// notification cannot fail it: here the store's role may not call `pg_notify`, so every
+/// notification (and its retry) fails, and every write is still answered as done.
+#[tokio::test]
+async fn a_write_whose_notification_fails_is_answered_as_committed() {
+    let db = db().await;
+    let admin = admin(&db).await;
+    let role = format!("vow_mute_{:08x}", rand::random::<u32>());
+    admin
+        .batch_execute(&format!(
+            "CREATE ROLE {role} LOGIN; GRANT ALL ON SCHEMA public TO {role}; \
+             REVOKE EXECUTE ON FUNCTION pg_notify(text, text) FROM PUBLIC"
+        ))
+        .await
+        .unwrap();
+    let mut config = vow_postgres::PgConfig::from_url(&format!("{}?pool_size=2", db.url)).unwrap();
+    config.pg.user(&role);
+    let store: DynStore = Arc::new(PgStore::open(config.clone()).await.unwrap());
+    // The role really cannot notify.
+    let (mute, conn) = config.pg.connect(tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(conn);
+    let refused = mute.batch_execute("SELECT pg_notify('vow', 'x')").await;
+    assert!(refused.is_err(), "pg_notify was allowed");
+
+    let t = tenant(&store, "acme").await;
+    let job = insert_one(&store, &t, "q", T0).await;
+    let leased = lease(&store, &t, "q", 1, None, T0).await;
+    assert_eq!(leased[0].id, job.id);
+    let done = store
+        .job_ack_many(JobAckMany {
+            tenant_id: t.clone(),
+            items: vec![AckItem::Complete {
+                id: job.id.clone(),
+                lease_id: leased[0].lease_id.clone().unwrap(),
+                result: None,
+            }],
+            now: T0,
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        done[0].as_ref().unwrap().state,
+        vow_core::JobState::Completed
+    );
+    let stored = store.job_get(&t, &job.id).await.unwrap().unwrap();
+    assert_eq!(stored.state, vow_core::JobState::Completed);
+
+    drop((store, mute));
+    admin
+        .batch_execute(&format!(
+            "GRANT EXECUTE ON FUNCTION pg_notify(text, text) TO PUBLIC; \
+             DROP OWNED BY {role}; DROP ROLE {role}"
+        ))
+        .await
+        .unwrap();
+}
+
+/// Every pooled session commits durably and runs its prepared statements with their
+/// generic plan, whatever the database's own defaults say.
+#[tokio::test]
+async fn sessions_commit_durably_and_plan_generically_whatever_the_defaults() {
+    let db = db().await;
+    let admin = admin(&db).await;
+    let name: String = admin
+        .query_one("SELECT current_database()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    admin
+        .batch_execute(&format!(
+            "ALTER DATABASE {name} SET synchronous_commit = off; \
+             ALTER DATABASE {name} SET plan_cache_mode = force_custom_plan"
+        ))
+        .await
+        .unwrap();
+    let store = PgStore::connect(&format!("{}?pool_size=1", db.url))
+        .await
+        .unwrap();
+    use vow_postgres::testing::session_setting;
+    assert_eq!(session_setting(&store, "synchronous_commit").await, "on");
+    assert_eq!(
+        session_setting(&store, "plan_cache_mode").await,
+        "force_generic_plan"
+    );
+    // The database's defaults did apply to other sessions.
+    let (other, conn) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let sync: String = other
+        .query_one("SHOW synchronous_commit", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(sync, "off");
 }
