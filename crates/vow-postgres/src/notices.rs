@@ -265,22 +265,28 @@ pub(crate) async fn claim(
         .map(|(k, _)| *k)
         .unzip();
     // Over-fetch: rows past an endpoint's cap, extra rows of a probed endpoint and rows
-    // of deleted subscriptions are not sent.
-    let fetch = p.limit.saturating_mul(2).min(100_000) as i64;
+    // of deleted subscriptions are not sent. A power of two, written into the SQL: the
+    // generic plan knows how many rows it is for, and the statement cache holds at most
+    // a few shapes of the claim.
+    let fetch = p
+        .limit
+        .saturating_mul(2)
+        .clamp(1, 65_536)
+        .next_power_of_two();
     let due = query(
         tx,
-        "SELECT d.id, d.tenant_id, d.job_id, d.webhook_id, d.event, d.url, d.endpoint, d.body, \
+        &format!("SELECT d.id, d.tenant_id, d.job_id, d.webhook_id, d.event, d.url, d.endpoint, d.body, \
            d.attempts, d.round_start, d.traceparent \
          FROM deliveries d \
          WHERE d.state = 'pending' AND d.next_attempt_at <= $1 \
            AND NOT EXISTS (SELECT 1 FROM endpoints e WHERE e.tenant_id = d.tenant_id \
                            AND e.endpoint = d.endpoint AND e.open_until > $1) \
-           AND NOT EXISTS (SELECT 1 FROM unnest($3::text[], $4::text[]) AS f(t, ep) \
+           AND NOT EXISTS (SELECT 1 FROM unnest($2::text[], $3::text[]) AS f(t, ep) \
                            WHERE f.t = d.tenant_id AND f.ep = d.endpoint) \
          ORDER BY d.next_attempt_at, d.id \
-         LIMIT $2 \
-         FOR UPDATE OF d SKIP LOCKED",
-        &[&now.0, &fetch, &full_tenants, &full_endpoints],
+         LIMIT {fetch} \
+         FOR UPDATE OF d SKIP LOCKED"),
+        &[&now.0, &full_tenants, &full_endpoints],
     )
     .await?
     .iter()
@@ -962,21 +968,19 @@ pub(crate) async fn prune(
         if left == 0 {
             break;
         }
-        // The state is written into the SQL so that the plan may use the partial index
-        // `deliveries_settled` (a generic plan cannot prove `state = $n` implies it).
-        let rows = query(
-            tx,
-            &format!(
-                "WITH doomed AS ( \
-                   SELECT id FROM deliveries WHERE state = '{state}' AND created_at < $1 \
-                   ORDER BY created_at LIMIT $2 FOR UPDATE SKIP LOCKED), \
-                 log AS (DELETE FROM delivery_attempts WHERE delivery_id IN (SELECT id FROM doomed)) \
-                 DELETE FROM deliveries WHERE id IN (SELECT id FROM doomed) RETURNING 1",
-                state = state.as_str()
-            ),
-            &[&before.0, &(left as i64)],
-        )
-        .await?;
+        // The state and the batch size are written into the SQL so that the batch is
+        // planned with them: a range scan of the partial index `deliveries_settled` (a
+        // generic plan cannot prove `state = $n` implies it). Not through the statement
+        // cache: `left` varies, and this runs once a minute.
+        let sql = format!(
+            "WITH doomed AS ( \
+               SELECT id FROM deliveries WHERE state = '{state}' AND created_at < $1 \
+               ORDER BY created_at LIMIT {left} FOR UPDATE SKIP LOCKED), \
+             log AS (DELETE FROM delivery_attempts WHERE delivery_id IN (SELECT id FROM doomed)) \
+             DELETE FROM deliveries WHERE id IN (SELECT id FROM doomed) RETURNING 1",
+            state = state.as_str()
+        );
+        let rows = tx.query(&sql, &[&before.0]).await.map_err(crate::pg_err)?;
         gone += rows.len();
     }
     Ok(gone)
