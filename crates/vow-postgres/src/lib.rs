@@ -8,9 +8,14 @@
 //!   ([`vow_core::machine::apply`]) and write them back with one `UNNEST` update, so the
 //!   store cannot disagree with the reference model. Leasing is one statement
 //!   (`UPDATE … FROM (SELECT … FOR UPDATE SKIP LOCKED LIMIT n) RETURNING`).
-//! - Wake-ups and job events are published on the local [`Bus`] after commit and sent to
-//!   the other nodes with `NOTIFY` right after the commit (normally before the caller is
-//!   answered); one `LISTEN` connection per node feeds them into its bus ([`listener`]).
+//! - Wake-ups and job events are published on the local [`Bus`] after commit and queued
+//!   for the other nodes, which a notifier task sends with `NOTIFY` on a connection of
+//!   its own; one `LISTEN` connection per node feeds them into its bus (`listener.rs`).
+//!   Not inside the writing transaction: PostgreSQL holds one database-wide lock from a
+//!   notifying transaction's pre-commit until its commit record is flushed, so writes
+//!   that notify commit one at a time and lose group commit. A notify-only transaction
+//!   writes no WAL before its commit record, is not flushed, and holds it for
+//!   microseconds.
 //! - Completion notices (`notices.rs`): delivery rows (the outbox) are written in the
 //!   job transition's transaction; dispatchers on any node claim them with
 //!   `SKIP LOCKED`, hold them while sending, and share each endpoint's circuit breaker
@@ -167,6 +172,7 @@ pub struct PgStore {
     bus: Arc<Bus>,
     node: Arc<str>,
     op_timeout: Duration,
+    notifier: listener::Notifier,
     _listener: tokio::sync::watch::Sender<()>,
 }
 
@@ -285,12 +291,14 @@ impl PgStore {
             node.clone(),
             stopped,
         ));
+        let notifier = listener::Notifier::start(config.pg.clone(), node.clone());
         Ok(Self {
             pool,
             bus,
             node,
             // A call may wait for a connection, then run a few statements.
             op_timeout: config.pool_timeout + config.statement_timeout * 2,
+            notifier,
             _listener: stop,
         })
     }
@@ -328,52 +336,7 @@ impl PgStore {
         })
         .await
     }
-
-    /// Sends a committed transaction's effects to the other nodes (`NOTIFY`), in a
-    /// transaction of its own on the connection that committed it. Never fails: the
-    /// write is committed whatever becomes of its notification.
-    ///
-    /// Not inside the write transaction: PostgreSQL holds one lock, for the whole
-    /// database, from a notifying transaction's pre-commit until its commit record is
-    /// flushed. Writes that notify in their transaction therefore commit one at a time,
-    /// each waiting out the previous one's WAL flush, and lose group commit: with 16
-    /// workers leasing and completing, most of the drain's time went to waiting for that
-    /// lock. A transaction that only notifies writes no WAL and is not flushed, so it
-    /// holds the lock for microseconds.
-    ///
-    /// The notification is sent by a task of its own, outside the operation's timeout:
-    /// neither a slow notification nor the caller going away can turn a committed write
-    /// into an error (which a client would retry, applying it twice) or lose the
-    /// notification. The caller waits for it up to [`NOTIFY_WAIT`], so that normally the
-    /// other nodes hear of a change before its caller does. A failed notification is
-    /// tried once more on another connection, else logged; the other nodes' waiters then
-    /// find the work when they next look (a lease wait ends within `wait_ms`).
-    async fn announce(&self, conn: deadpool_postgres::Object, fx: &Effects) {
-        if fx.is_empty() {
-            return;
-        }
-        let payloads = listener::payloads(&self.node, fx);
-        let pool = self.pool.clone();
-        let sent = tokio::spawn(async move {
-            let Err(first) = listener::notify(&conn, &payloads).await else {
-                return;
-            };
-            drop(conn);
-            let again = async {
-                let conn = pool.get().await.map_err(pool_err)?;
-                listener::notify(&conn, &payloads).await
-            };
-            if let Err(e) = again.await {
-                tracing::warn!(error = %e, first = %first, "could not notify the other nodes of a commit");
-            }
-        });
-        let _ = tokio::time::timeout(NOTIFY_WAIT, sent).await;
-    }
 }
-
-/// How long a write's caller waits for its notification to be sent before being
-/// answered anyway (normally it takes a fraction of a millisecond).
-const NOTIFY_WAIT: Duration = Duration::from_millis(500);
 
 /// A write transaction on a pooled connection, begun without a round trip of its own:
 /// `BEGIN` is sent right before the body's first statement (tokio-postgres pipelines
@@ -414,16 +377,14 @@ impl WriteTx {
         }
     }
 
-    /// Commits; gives back the connection, to go back to the pool when dropped.
-    async fn commit(mut self) -> StoreResult<deadpool_postgres::Object> {
+    /// Commits, and gives the connection back to the pool.
+    async fn commit(mut self) -> StoreResult<()> {
         self.client()
             .batch_execute("COMMIT")
             .await
             .map_err(pg_err)?;
-        Ok(self
-            .conn
-            .take()
-            .expect("a write transaction has its connection until it ends"))
+        self.conn.take();
+        Ok(())
     }
 }
 
@@ -446,8 +407,9 @@ fn is_conflict(e: &StoreError) -> bool {
 }
 
 /// Runs a body in a write transaction: `|tx, fx| body` gets the transaction and the
-/// effects to collect. After the commit the effects are published on this node's bus and
-/// sent to the others ([`PgStore::announce`]), outside the operation's timeout.
+/// effects to collect. Right after the commit (with no await in between, so even a
+/// caller gone by then cannot lose them) the effects are published on this node's bus
+/// and queued for the other nodes ([`listener::Notifier`]).
 /// Retried (twice) on a serialization failure or deadlock.
 macro_rules! write_tx {
     ($store:ident, |$tx:ident, $fx:ident| $body:expr) => {{
@@ -464,7 +426,12 @@ macro_rules! write_tx {
                         tx.run(async { $body }).await
                     };
                     match out {
-                        Ok(out) => Ok((out, effects, tx.commit().await?)),
+                        Ok(out) => {
+                            tx.commit().await?;
+                            $store.notifier.send(&$store.node, &effects);
+                            std::mem::take(&mut effects).apply(&$store.bus);
+                            Ok(out)
+                        }
                         Err(e) => {
                             tx.rollback().await;
                             Err(e)
@@ -473,11 +440,7 @@ macro_rules! write_tx {
                 })
                 .await;
             match r {
-                Ok((out, effects, conn)) => {
-                    $store.announce(conn, &effects).await;
-                    effects.apply(&$store.bus);
-                    break Ok(out);
-                }
+                Ok(out) => break Ok(out),
                 Err(e) if attempt < 3 && is_conflict(&e) => {
                     tracing::debug!(error = %e, "transaction conflict; retrying");
                 }

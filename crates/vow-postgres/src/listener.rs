@@ -1,29 +1,32 @@
-//! Cross-node signals: `NOTIFY` right after each writing transaction commits, one
-//! `LISTEN` connection per node feeding its [`Bus`].
+//! Cross-node signals: each node's [`Notifier`] sends `NOTIFY`s after its writing
+//! transactions commit, and one `LISTEN` connection per node feeds what the others sent
+//! into its [`Bus`].
 //!
 //! A transaction's effects (queues to wake, job events, "a job was scheduled") are
-//! serialised into as few `NOTIFY vow` payloads as fit PostgreSQL's 8000-byte limit and
-//! sent in one statement once the transaction has committed (in a transaction of their
-//! own: see `PgStore::announce` for why not inside it), so a node never hears of a change
-//! that is not durable. An event too large for a payload (a failure's error message may
-//! hold 16 KiB) travels as its sequence number, and the listeners read it back from
-//! `job_events`. Each payload carries the sender's node id; a node ignores its own (it
-//! already published them locally, right after the commit).
+//! serialised into as few `NOTIFY vow` payloads as fit PostgreSQL's 8000-byte limit once
+//! the transaction has committed, so a node never hears of a change that is not durable.
+//! The notifier sends them on a connection of its own, in the order the commits were
+//! answered here, many transactions' payloads to one statement when writes come faster
+//! than one round trip (see the crate's docs on why not inside the writing transaction). An
+//! event too large for a payload (a failure's message may hold 16 KiB) travels as its
+//! sequence number, and the listeners read it back from `job_events`. Each payload
+//! carries the sender's node id; a node ignores its own (it already published them
+//! locally, right after the commit).
 //!
 //! The listener reconnects on its own after an outage (with backoff up to 2 s). After
 //! every (re)connect it wakes every waiter and nudges the chores: notifications sent
 //! while it was away are lost, so everyone looks again.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use deadpool_postgres::GenericClient;
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
 use tokio_postgres::{AsyncMessage, NoTls};
 use vow_store::{Bus, StoreResult};
 
-use crate::jobs::execute;
 use crate::rows::{event_from_row, parsed, EVENT_COLS};
 use crate::Effects;
 
@@ -42,6 +45,10 @@ struct Signal<'a> {
     /// them from `job_events` (committed before the notification is sent).
     #[serde(default, rename = "f", skip_serializing_if = "Vec::is_empty")]
     fetch: Vec<i64>,
+    /// The sender lost notifications: wake everyone and nudge the chores, as after a
+    /// listener's reconnect.
+    #[serde(default, rename = "r", skip_serializing_if = "std::ops::Not::not")]
+    resync: bool,
 }
 
 /// Splits effects into payloads of at most [`MAX_PAYLOAD`] bytes (wake-ups and the
@@ -56,6 +63,7 @@ pub(crate) fn payloads(node: &str, fx: &Effects) -> Vec<String> {
             n: node.into(),
             fx,
             fetch,
+            resync: false,
         })
         .unwrap_or_default()
     };
@@ -86,14 +94,131 @@ pub(crate) fn payloads(node: &str, fx: &Effects) -> Vec<String> {
     out
 }
 
-/// Sends payloads (see [`payloads`]) to every node, in a transaction of their own: run it
-/// after the commit whose effects they carry (see `PgStore::commit`).
-pub(crate) async fn notify(c: &impl GenericClient, payloads: &[String]) -> StoreResult<()> {
-    execute(c, NOTIFY_SQL, &[&CHANNEL, &payloads]).await?;
-    Ok(())
+const NOTIFY_SQL: &str = "SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p";
+
+/// Most payloads queued for sending; past it, payloads are dropped and the next
+/// statement tells the other nodes to look again (a resync).
+const BACKLOG: usize = 10_000;
+/// Most payloads one `NOTIFY` statement carries.
+const MAX_BATCH: usize = 256;
+/// Longest wait for one `NOTIFY` statement (or a connect) before it counts as failed.
+const NOTIFY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Sends this node's notifications to the others, in the order they were queued, on a
+/// connection of its own (outside the pool). Queuing never waits and never fails: a
+/// write is answered once committed, whatever becomes of its notification.
+#[derive(Debug)]
+pub(crate) struct Notifier {
+    queue: mpsc::Sender<String>,
+    lost: Arc<AtomicBool>,
 }
 
-const NOTIFY_SQL: &str = "SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p";
+impl Notifier {
+    /// Starts the sending task; it ends once the notifier is dropped and its queue is
+    /// sent.
+    pub(crate) fn start(config: tokio_postgres::Config, node: Arc<str>) -> Self {
+        let (queue, rx) = mpsc::channel(BACKLOG);
+        let lost = Arc::new(AtomicBool::new(false));
+        tokio::spawn(send_loop(config, node, rx, lost.clone()));
+        Self { queue, lost }
+    }
+
+    /// Queues a committed transaction's effects.
+    pub(crate) fn send(&self, node: &str, fx: &Effects) {
+        if fx.is_empty() {
+            return;
+        }
+        for p in payloads(node, fx) {
+            if self.queue.try_send(p).is_err() {
+                self.lost.store(true, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// The notifier's task: takes what is queued (up to [`MAX_BATCH`] payloads), sends it
+/// in one statement, and again. A failed statement is tried once more on a new
+/// connection; if that fails too, its payloads are dropped (with a warning) and the
+/// next statement carries a resync.
+async fn send_loop(
+    config: tokio_postgres::Config,
+    node: Arc<str>,
+    mut rx: mpsc::Receiver<String>,
+    lost: Arc<AtomicBool>,
+) {
+    let mut conn: Option<(tokio_postgres::Client, tokio_postgres::Statement)> = None;
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    let mut failing = false;
+    while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        if lost.swap(false, Ordering::Relaxed) {
+            batch.push(resync_payload(&node));
+        }
+        let mut sent = false;
+        for _ in 0..2 {
+            if conn.is_none() {
+                conn = match tokio::time::timeout(NOTIFY_TIMEOUT, connect(&config)).await {
+                    Ok(Ok(c)) => Some(c),
+                    Ok(Err(e)) => {
+                        tracing::debug!(error = %e, "the notifier cannot connect");
+                        None
+                    }
+                    Err(_) => None,
+                };
+            }
+            let Some((client, st)) = &conn else {
+                continue;
+            };
+            let params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&CHANNEL, &batch];
+            match tokio::time::timeout(NOTIFY_TIMEOUT, client.execute(st, &params)).await {
+                Ok(Ok(_)) => {
+                    sent = true;
+                    break;
+                }
+                Ok(Err(e)) => tracing::debug!(error = %e, "NOTIFY failed"),
+                Err(_) => tracing::debug!("NOTIFY timed out"),
+            }
+            conn = None;
+        }
+        if sent {
+            if failing {
+                tracing::info!("notifications to the other nodes are sent again");
+            }
+            failing = false;
+        } else {
+            if !failing {
+                tracing::warn!(
+                    dropped = batch.len(),
+                    "could not notify the other nodes of committed changes; they will \
+                     find them when they next look"
+                );
+            }
+            failing = true;
+            lost.store(true, Ordering::Relaxed);
+            // Not a hot loop while PostgreSQL is away.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        batch.clear();
+    }
+}
+
+async fn connect(
+    config: &tokio_postgres::Config,
+) -> Result<(tokio_postgres::Client, tokio_postgres::Statement), tokio_postgres::Error> {
+    let (client, connection) = config.connect(NoTls).await?;
+    tokio::spawn(connection);
+    let st = client.prepare(NOTIFY_SQL).await?;
+    Ok((client, st))
+}
+
+fn resync_payload(node: &str) -> String {
+    serde_json::to_string(&Signal {
+        n: node.into(),
+        fx: Effects::default(),
+        fetch: Vec::new(),
+        resync: true,
+    })
+    .unwrap_or_default()
+}
 
 /// Feeds one payload into the bus (unless this node sent it), reading the events it
 /// names by sequence number through the listener's connection.
@@ -106,6 +231,10 @@ async fn deliver(client: &tokio_postgres::Client, bus: &Bus, node: &str, payload
             return;
         }
     };
+    if sig.resync {
+        bus.wake_all();
+        bus.nudge_chores();
+    }
     let mut fx = sig.fx;
     if !sig.fetch.is_empty() {
         match fetch_events(client, &sig.fetch).await {

@@ -179,6 +179,78 @@ async fn an_enqueue_on_one_node_wakes_a_lease_and_a_waiter_on_another() {
         .contains(&message));
 }
 
+/// A node's notifications reach the others in the order its writes were answered: a
+/// worker on node a that leases and completes jobs back to back, and node b's bus hears
+/// every event of every job, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nodes_events_reach_the_others_in_the_order_it_answered_them() {
+    let db = tokio::task::spawn_blocking(|| Cluster::shared().database())
+        .await
+        .unwrap();
+    let (a, b) = (node(&db).await, node(&db).await);
+    let t = tenant(&a).await;
+    until_listening(&b, &a, &t).await;
+    let q: QueueName = "ordered".parse().unwrap();
+    let mut heard = b.bus().subscribe();
+    let n = 40;
+    a.job_insert_many(enqueue(&t, &q, n)).await.unwrap();
+    let mut answered = Vec::new();
+    for _ in 0..n {
+        let leased = a
+            .job_lease(&JobLease {
+                tenant_id: t.clone(),
+                queue: q.clone(),
+                worker_id: "w".into(),
+                max_jobs: 1,
+                lease_ms: None,
+                now: T0,
+            })
+            .await
+            .unwrap();
+        let job = &leased[0];
+        a.job_ack_many(JobAckMany {
+            tenant_id: t.clone(),
+            items: vec![AckItem::Complete {
+                id: job.id.clone(),
+                lease_id: job.lease_id.clone().unwrap(),
+                result: None,
+            }],
+            now: T0,
+        })
+        .await
+        .unwrap()[0]
+            .as_ref()
+            .unwrap();
+        for ev in a.job_event_list(&t, &job.id).await.unwrap() {
+            answered.push(ev.seq);
+        }
+    }
+    // Per job: enqueued, leased, completed; the enqueues all came first.
+    let mut got = Vec::new();
+    let mut enqueued = 0;
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while got.len() < 2 * n {
+            let ev = heard.recv().await.unwrap();
+            if ev.event.queue != q {
+                continue;
+            }
+            if ev.event.from_state.is_none() {
+                enqueued += 1;
+            } else {
+                got.push(ev.event.seq);
+            }
+        }
+    })
+    .await
+    .expect("b hears every lease and completion");
+    assert_eq!(enqueued, n);
+    let expected: Vec<i64> = answered
+        .chunks(3)
+        .flat_map(|job| job[1..].to_vec())
+        .collect();
+    assert_eq!(got, expected, "heard out of the order they were answered");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_outage_is_unavailable_not_a_hang_and_the_nodes_recover() {
     let cluster = tokio::task::spawn_blocking(Cluster::throwaway)
