@@ -25,8 +25,10 @@
 //!
 //! The URL is a libpq-style `postgres://` URL; vow's own settings ride along as query
 //! parameters and are removed before connecting: `pool_size` (default 16),
-//! `pool_timeout_ms` (wait for a free connection, default 5000) and
-//! `statement_timeout_ms` (default 10000).
+//! `pool_timeout_ms` (wait for a free connection, default 5000),
+//! `statement_timeout_ms` (default 10000) and `peer_ttl_ms` (how long a node goes on
+//! notifying after its last sign of another node, default 30000; nodes say hello every
+//! third of it).
 
 mod jobs;
 mod listener;
@@ -66,6 +68,9 @@ pub struct PgConfig {
     pub pool_timeout: Duration,
     /// Server-side limit on any statement (and on idle transactions).
     pub statement_timeout: Duration,
+    /// How long a node goes on notifying after its last sign of another node (see
+    /// `listener::Peers`).
+    pub peer_ttl: Duration,
 }
 
 impl PgConfig {
@@ -78,6 +83,7 @@ impl PgConfig {
         let mut pool_size = 16usize;
         let mut pool_timeout = Duration::from_secs(5);
         let mut statement_timeout = Duration::from_secs(10);
+        let mut peer_ttl = Duration::from_secs(30);
         let mut rest = Vec::new();
         for pair in query.split('&').filter(|p| !p.is_empty()) {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
@@ -89,6 +95,7 @@ impl PgConfig {
                 "pool_size" => pool_size = num()?.max(1) as usize,
                 "pool_timeout_ms" => pool_timeout = Duration::from_millis(num()?),
                 "statement_timeout_ms" => statement_timeout = Duration::from_millis(num()?),
+                "peer_ttl_ms" => peer_ttl = Duration::from_millis(num()?.max(100)),
                 _ => rest.push(pair),
             }
         }
@@ -126,6 +133,7 @@ impl PgConfig {
             pool_size,
             pool_timeout,
             statement_timeout,
+            peer_ttl,
         })
     }
 }
@@ -285,13 +293,18 @@ impl PgStore {
         let bus = Arc::new(Bus::new());
         let node: Arc<str> = node_id().into();
         let (stop, stopped) = tokio::sync::watch::channel(());
+        let peers = Arc::new(listener::Peers::new(config.peer_ttl));
         tokio::spawn(listener::run(
             config.pg.clone(),
             Arc::downgrade(&bus),
+            peers.clone(),
             node.clone(),
             stopped,
         ));
-        let notifier = listener::Notifier::start(config.pg.clone(), node.clone());
+        let (notifier, hello) = listener::Notifier::start(config.pg.clone(), node.clone(), peers);
+        // The other nodes know of this one before it serves anything (or PostgreSQL is
+        // slow, and they learn of it a little later).
+        let _ = tokio::time::timeout(Duration::from_secs(2), hello).await;
         Ok(Self {
             pool,
             bus,

@@ -17,9 +17,9 @@
 //! every (re)connect it wakes every waiter and nudges the chores: notifications sent
 //! while it was away are lost, so everyone looks again.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
@@ -49,6 +49,49 @@ struct Signal<'a> {
     /// listener's reconnect.
     #[serde(default, rename = "r", skip_serializing_if = "std::ops::Not::not")]
     resync: bool,
+    /// "This node is here": sent at start and every third of the peers' time-to-live.
+    #[serde(default, rename = "h", skip_serializing_if = "std::ops::Not::not")]
+    hello: bool,
+}
+
+/// Whether another node may be listening: this node heard one (any payload from another
+/// node counts, and every node says hello at start and every third of `ttl`) within
+/// `ttl`, or its own listener (re)connected within `ttl` (it may have missed their hellos
+/// while away; a node's first `ttl` counts as such). A node with no peers sends no
+/// notifications: nobody would act on them.
+#[derive(Debug)]
+pub(crate) struct Peers {
+    base: Instant,
+    /// Milliseconds after `base` of the last sign of a peer.
+    last: AtomicU64,
+    ttl: Duration,
+}
+
+impl Peers {
+    pub(crate) fn new(ttl: Duration) -> Self {
+        Self {
+            base: Instant::now(),
+            last: AtomicU64::new(0),
+            ttl,
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.base.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// A sign of a peer (or of having been deaf to them).
+    fn heard(&self) {
+        self.last.store(self.now_ms(), Ordering::Relaxed);
+    }
+
+    /// Another node may be listening.
+    fn any(&self) -> bool {
+        let since = self
+            .now_ms()
+            .saturating_sub(self.last.load(Ordering::Relaxed));
+        u128::from(since) < self.ttl.as_millis()
+    }
 }
 
 /// Splits effects into payloads of at most [`MAX_PAYLOAD`] bytes (wake-ups and the
@@ -64,6 +107,7 @@ pub(crate) fn payloads(node: &str, fx: &Effects) -> Vec<String> {
             fx,
             fetch,
             resync: false,
+            hello: false,
         })
         .unwrap_or_default()
     };
@@ -105,27 +149,36 @@ const MAX_BATCH: usize = 256;
 const NOTIFY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Sends this node's notifications to the others, in the order they were queued, on a
-/// connection of its own (outside the pool). Queuing never waits and never fails: a
-/// write is answered once committed, whatever becomes of its notification.
+/// connection of its own (outside the pool), and says hello every third of the peers'
+/// time-to-live. Queuing never waits and never fails: a write is answered once
+/// committed, whatever becomes of its notification.
 #[derive(Debug)]
 pub(crate) struct Notifier {
     queue: mpsc::Sender<String>,
     lost: Arc<AtomicBool>,
+    peers: Arc<Peers>,
 }
 
 impl Notifier {
-    /// Starts the sending task; it ends once the notifier is dropped and its queue is
-    /// sent.
-    pub(crate) fn start(config: tokio_postgres::Config, node: Arc<str>) -> Self {
+    /// Starts the sending task, which first says hello (`hello_sent` fires once it has
+    /// been sent, or has failed); the task ends once the notifier is dropped and its
+    /// queue is sent.
+    pub(crate) fn start(
+        config: tokio_postgres::Config,
+        node: Arc<str>,
+        peers: Arc<Peers>,
+    ) -> (Self, tokio::sync::oneshot::Receiver<()>) {
         let (queue, rx) = mpsc::channel(BACKLOG);
         let lost = Arc::new(AtomicBool::new(false));
-        tokio::spawn(send_loop(config, node, rx, lost.clone()));
-        Self { queue, lost }
+        let (hello_sent, hello) = tokio::sync::oneshot::channel();
+        let every = (peers.ttl / 3).max(Duration::from_millis(100));
+        tokio::spawn(send_loop(config, node, rx, lost.clone(), every, hello_sent));
+        (Self { queue, lost, peers }, hello)
     }
 
-    /// Queues a committed transaction's effects.
+    /// Queues a committed transaction's effects (unless no other node is listening).
     pub(crate) fn send(&self, node: &str, fx: &Effects) {
-        if fx.is_empty() {
+        if fx.is_empty() || !self.peers.any() {
             return;
         }
         for p in payloads(node, fx) {
@@ -145,13 +198,24 @@ async fn send_loop(
     node: Arc<str>,
     mut rx: mpsc::Receiver<String>,
     lost: Arc<AtomicBool>,
+    hello_every: Duration,
+    hello_sent: tokio::sync::oneshot::Sender<()>,
 ) {
     let mut conn: Option<(tokio_postgres::Client, tokio_postgres::Statement)> = None;
     let mut batch = Vec::with_capacity(MAX_BATCH);
     let mut failing = false;
-    while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+    let mut hello = tokio::time::interval(hello_every);
+    hello.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut hello_sent = Some(hello_sent);
+    loop {
+        tokio::select! {
+            n = rx.recv_many(&mut batch, MAX_BATCH) => if n == 0 {
+                return;
+            },
+            _ = hello.tick() => batch.push(control_payload(&node, false, true)),
+        }
         if lost.swap(false, Ordering::Relaxed) {
-            batch.push(resync_payload(&node));
+            batch.push(control_payload(&node, true, false));
         }
         let mut sent = false;
         for _ in 0..2 {
@@ -198,6 +262,9 @@ async fn send_loop(
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
         batch.clear();
+        if let Some(tx) = hello_sent.take() {
+            let _ = tx.send(());
+        }
     }
 }
 
@@ -210,22 +277,33 @@ async fn connect(
     Ok((client, st))
 }
 
-fn resync_payload(node: &str) -> String {
+/// A payload with no effects: a resync, or a hello.
+fn control_payload(node: &str, resync: bool, hello: bool) -> String {
     serde_json::to_string(&Signal {
         n: node.into(),
         fx: Effects::default(),
         fetch: Vec::new(),
-        resync: true,
+        resync,
+        hello,
     })
     .unwrap_or_default()
 }
 
 /// Feeds one payload into the bus (unless this node sent it), reading the events it
 /// names by sequence number through the listener's connection.
-async fn deliver(client: &tokio_postgres::Client, bus: &Bus, node: &str, payload: &str) {
+async fn deliver(
+    client: &tokio_postgres::Client,
+    bus: &Bus,
+    peers: &Peers,
+    node: &str,
+    payload: &str,
+) {
     let sig = match serde_json::from_str::<Signal<'_>>(payload) {
         Ok(sig) if sig.n == node => return,
-        Ok(sig) => sig,
+        Ok(sig) => {
+            peers.heard();
+            sig
+        }
         Err(e) => {
             tracing::warn!(error = %e, "ignoring a malformed notification");
             return;
@@ -264,6 +342,7 @@ async fn fetch_events(
 pub(crate) async fn run(
     config: tokio_postgres::Config,
     bus: Weak<Bus>,
+    peers: Arc<Peers>,
     node: Arc<str>,
     mut stop: tokio::sync::watch::Receiver<()>,
 ) {
@@ -306,7 +385,9 @@ pub(crate) async fn run(
                     tracing::info!("notification listener reconnected");
                 }
                 failing = false;
-                // Anything may have happened while we were not listening.
+                // Anything may have happened while we were not listening, and other
+                // nodes may have said hello.
+                peers.heard();
                 b.wake_all();
                 b.nudge_chores();
                 drop(b);
@@ -315,7 +396,7 @@ pub(crate) async fn run(
                         msg = rx.recv() => match msg {
                             Some(payload) => {
                                 let Some(b) = bus.upgrade() else { return };
-                                deliver(&client, &b, &node, &payload).await;
+                                deliver(&client, &b, &peers, &node, &payload).await;
                             }
                             None => break,
                         },
@@ -340,7 +421,7 @@ pub(crate) async fn run(
                 // Drain whatever arrived before the connection ended.
                 while let Ok(payload) = rx.try_recv() {
                     let Some(b) = bus.upgrade() else { return };
-                    deliver(&client, &b, &node, &payload).await;
+                    deliver(&client, &b, &peers, &node, &payload).await;
                 }
             }
             Ok(Err(e)) => {

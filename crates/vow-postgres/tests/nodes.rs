@@ -251,6 +251,60 @@ async fn a_nodes_events_reach_the_others_in_the_order_it_answered_them() {
     assert_eq!(got, expected, "heard out of the order they were answered");
 }
 
+/// A node that has heard of no other node for its peers' time-to-live sends no
+/// notifications (nobody would act on them); a node that starts says hello first, and
+/// from then on the others notify it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lone_node_sends_no_notifications_until_another_says_hello() {
+    let db = tokio::task::spawn_blocking(|| Cluster::shared().database())
+        .await
+        .unwrap();
+    let url = format!("{}?pool_size=4&peer_ttl_ms=1000", db.url);
+    // Everything sent on the channel, as a listener that is no node sees it.
+    let (spy, mut spy_conn) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let (heard_tx, mut heard) = tokio::sync::mpsc::unbounded_channel::<String>();
+    tokio::spawn(async move {
+        let mut messages = futures::stream::poll_fn(move |cx| spy_conn.poll_message(cx));
+        while let Some(Ok(m)) = futures::StreamExt::next(&mut messages).await {
+            if let tokio_postgres::AsyncMessage::Notification(n) = m {
+                let _ = heard_tx.send(n.payload().to_owned());
+            }
+        }
+    });
+    spy.batch_execute("LISTEN vow").await.unwrap();
+    let a = Arc::new(PgStore::connect(&url).await.unwrap());
+    let t = tenant(&a).await;
+    let q: QueueName = "q".parse().unwrap();
+    // Past a's first time-to-live (it counts its own start as a sign of peers).
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    while heard.try_recv().is_ok() {}
+    a.job_insert_many(enqueue(&t, &q, 3)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut effects = 0;
+    while let Ok(p) = heard.try_recv() {
+        let v: serde_json::Value = serde_json::from_str(&p).unwrap();
+        if v.get("w").is_some() || v.get("e").is_some() {
+            effects += 1;
+        }
+    }
+    assert_eq!(effects, 0, "a lone node notified its writes");
+
+    // b starts: it says hello before it serves, and a notifies it at once.
+    let b = Arc::new(PgStore::connect(&url).await.unwrap());
+    let waiter = b.bus().queue_waiter(&t, &q);
+    let woken = waiter.notified();
+    tokio::pin!(woken);
+    woken.as_mut().enable();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    a.job_insert_many(enqueue(&t, &q, 1)).await.unwrap();
+    tokio::time::timeout(Duration::from_millis(500), woken)
+        .await
+        .expect("a notifies b once b said hello");
+    drop((a, b));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_outage_is_unavailable_not_a_hang_and_the_nodes_recover() {
     let cluster = tokio::task::spawn_blocking(Cluster::throwaway)
