@@ -39,6 +39,27 @@ pub(crate) async fn query(
     c.query(&st, params).await.map_err(pg_err)
 }
 
+/// Runs a write transaction's last statement and its `COMMIT` in one round trip, and
+/// marks the transaction committed (`fx.committed`). Only for a body that decides
+/// nothing after this statement: if it fails, the transaction is aborted, PostgreSQL
+/// answers the `COMMIT` with a rollback, and the statement's error is returned. The
+/// statement is prepared first, so its execution surely goes out before the `COMMIT`
+/// (tokio-postgres sends a request when its future is first polled; an unprepared
+/// statement would be sent only after its `Parse` round trip, behind the `COMMIT`).
+pub(crate) async fn query_and_commit(
+    tx: &impl GenericClient,
+    fx: &mut Effects,
+    sql: &str,
+    params: &Params<'_>,
+) -> StoreResult<Vec<Row>> {
+    let st = tx.prepare_cached(sql).await.map_err(pg_err)?;
+    let (rows, commit) = tokio::join!(tx.query(&st, params), tx.batch_execute("COMMIT"));
+    let rows = rows.map_err(pg_err)?;
+    commit.map_err(pg_err)?;
+    fx.committed = true;
+    Ok(rows)
+}
+
 /// Runs a statement through the connection's statement cache.
 pub(crate) async fn execute(
     c: &impl GenericClient,
@@ -383,10 +404,10 @@ async fn insert_jobs(
             .iter()
             .map(|j| j.idempotency.as_ref().map(|i| i.request_hash.as_str()))
             .collect();
-        // Jobs and their `enqueued` events in one statement, one round trip.
-        let rows = query(
-            tx,
-            "WITH j AS ( \
+        // Jobs and their `enqueued` events in one statement, one round trip; with the
+        // `COMMIT` when nothing is left to read after it (no repeated keys).
+        let last = !slots.iter().any(|s| matches!(s, Slot::Old(_)));
+        let insert = "WITH j AS ( \
                INSERT INTO jobs (id, tenant_id, queue, state, priority, grp, max_attempts, payload, \
                  run_at, created_at, tags, metadata, timeout_ms, backoff, callback_url, traceparent, \
                  idempotency_key, request_hash) \
@@ -401,14 +422,32 @@ async fn insert_jobs(
                RETURNING id, state) \
              INSERT INTO job_events (tenant_id, job_id, queue, kind, from_state, to_state, attempt, at) \
              SELECT $1::text, j.id, $2::text, 'enqueued', NULL, j.state, 0, $3::int8 FROM j \
-             RETURNING seq, job_id",
-            &[
-                &tenant, &queue, &p.now.0, &ids, &states, &prios, &groups, &max_attempts,
-                &payloads, &run_at, &tags, &metadata, &timeouts, &backoffs, &callbacks, &traces,
-                &idem_keys, &hashes,
-            ],
-        )
-        .await?;
+             RETURNING seq, job_id";
+        let params: [&(dyn ToSql + Sync); 18] = [
+            &tenant,
+            &queue,
+            &p.now.0,
+            &ids,
+            &states,
+            &prios,
+            &groups,
+            &max_attempts,
+            &payloads,
+            &run_at,
+            &tags,
+            &metadata,
+            &timeouts,
+            &backoffs,
+            &callbacks,
+            &traces,
+            &idem_keys,
+            &hashes,
+        ];
+        let rows = if last {
+            query_and_commit(tx, fx, insert, &params).await?
+        } else {
+            query(tx, insert, &params).await?
+        };
         let seqs: HashMap<String, i64> = rows.iter().map(|r| (r.get(1), r.get(0))).collect();
         for new in &fresh {
             let job = new.to_job(&p.tenant_id, &p.queue, p.now);
@@ -536,9 +575,10 @@ pub(crate) async fn lease(
         &lease_ms,
         &lease_ids,
     ];
+    // Settings, lease and `COMMIT` in one round trip (with the `BEGIN` before them).
     let (set, rows) = tokio::join!(
         tx.batch_execute(LEASE_SETTINGS),
-        query(tx, lease_sql(), &params)
+        query_and_commit(tx, fx, lease_sql(), &params)
     );
     set.map_err(pg_err)?;
     let rows = rows?;

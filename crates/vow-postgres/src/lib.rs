@@ -151,6 +151,9 @@ pub(crate) struct Effects {
     /// A job was scheduled: the promoter may have to wake earlier.
     #[serde(default, rename = "c", skip_serializing_if = "std::ops::Not::not")]
     pub nudge_chores: bool,
+    /// The body already committed, with its last statement ([`jobs::query_and_commit`]).
+    #[serde(skip)]
+    pub committed: bool,
 }
 
 impl Effects {
@@ -390,6 +393,12 @@ impl WriteTx {
         }
     }
 
+    /// The body committed it itself ([`jobs::query_and_commit`]): gives the connection
+    /// back to the pool.
+    fn committed(mut self) {
+        self.conn.take();
+    }
+
     /// Commits, and gives the connection back to the pool.
     async fn commit(mut self) -> StoreResult<()> {
         self.client()
@@ -440,7 +449,11 @@ macro_rules! write_tx {
                     };
                     match out {
                         Ok(out) => {
-                            tx.commit().await?;
+                            if effects.committed {
+                                tx.committed();
+                            } else {
+                                tx.commit().await?;
+                            }
                             $store.notifier.send(&$store.node, &effects);
                             std::mem::take(&mut effects).apply(&$store.bus);
                             Ok(out)

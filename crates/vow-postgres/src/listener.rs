@@ -117,6 +117,7 @@ pub(crate) fn payloads(node: &str, fx: &Effects) -> Vec<String> {
         wake,
         events: Vec::new(),
         nudge_chores: fx.nudge_chores,
+        committed: false,
     };
     let mut size = encode(current.clone(), Vec::new()).len();
     for ev in &fx.events {

@@ -350,3 +350,36 @@ async fn sessions_commit_durably_and_plan_generically_whatever_the_defaults() {
         .get(0);
     assert_eq!(sync, "off");
 }
+
+/// A lease runs with its `COMMIT` in one round trip. When the statement fails (here: the
+/// lease deadline overflows `int8`), PostgreSQL turns that `COMMIT` into a rollback:
+/// nothing is leased, the error is the caller's, and the connection goes on.
+#[tokio::test]
+async fn a_failing_last_statement_sent_with_its_commit_commits_nothing() {
+    let db = db().await;
+    let store = single_connection_store(&db).await;
+    let admin = admin(&db).await;
+    let t = tenant(&store, "acme").await;
+    let job = insert_one(&store, &t, "q", T0).await;
+    let failed = store
+        .job_lease(&JobLease {
+            tenant_id: t.clone(),
+            queue: "q".parse().unwrap(),
+            worker_id: "w".into(),
+            max_jobs: 1,
+            lease_ms: Some(i64::MAX as u64),
+            now: T0,
+        })
+        .await;
+    assert!(failed.is_err(), "{failed:?}");
+    assert_eq!(open_transactions(&admin).await, 0);
+    let stored = store.job_get(&t, &job.id).await.unwrap().unwrap();
+    assert_eq!(stored.state, vow_core::JobState::Available);
+    assert_eq!(stored.attempt, 0);
+    let events = store.job_event_list(&t, &job.id).await.unwrap();
+    assert_eq!(events.len(), 1, "only the enqueue: {events:?}");
+    // The one connection is usable, and the job leases normally.
+    let leased = lease(&store, &t, "q", 1, None, T0).await;
+    assert_eq!(leased[0].id, job.id);
+    assert_eq!(leased[0].attempt, 1);
+}
