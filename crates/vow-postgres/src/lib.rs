@@ -297,14 +297,16 @@ impl PgStore {
         let node: Arc<str> = node_id().into();
         let (stop, stopped) = tokio::sync::watch::channel(());
         let peers = Arc::new(listener::Peers::new(config.peer_ttl));
+        let (notifier, hello) =
+            listener::Notifier::start(config.pg.clone(), node.clone(), peers.clone());
         tokio::spawn(listener::run(
             config.pg.clone(),
             Arc::downgrade(&bus),
-            peers.clone(),
+            peers,
+            notifier.queue(),
             node.clone(),
             stopped,
         ));
-        let (notifier, hello) = listener::Notifier::start(config.pg.clone(), node.clone(), peers);
         // The other nodes know of this one before it serves anything (or PostgreSQL is
         // slow, and they learn of it a little later).
         let _ = tokio::time::timeout(Duration::from_secs(2), hello).await;

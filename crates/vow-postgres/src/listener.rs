@@ -52,45 +52,64 @@ struct Signal<'a> {
     /// "This node is here": sent at start and every third of the peers' time-to-live.
     #[serde(default, rename = "h", skip_serializing_if = "std::ops::Not::not")]
     hello: bool,
+    /// "Who is there?": every other node answers with a hello. Sent by a listener that
+    /// just (re)connected.
+    #[serde(default, rename = "a", skip_serializing_if = "std::ops::Not::not")]
+    ask: bool,
 }
 
-/// Whether another node may be listening: this node heard one (any payload from another
-/// node counts, and every node says hello at start and every third of `ttl`) within
-/// `ttl`, or its own listener (re)connected within `ttl` (it may have missed their hellos
-/// while away; a node's first `ttl` counts as such). A node with no peers sends no
-/// notifications: nobody would act on them.
+/// Whether another node may be listening: this node heard one within `ttl` (any payload
+/// from another node counts; every node says hello at start and every third of `ttl`),
+/// or its listener (re)connected within [`GRACE`] (it may have missed their hellos while
+/// away, so it asks, and every other node answers with a hello at once). A node with
+/// no peers sends no notifications: nobody would act on them.
 #[derive(Debug)]
 pub(crate) struct Peers {
     base: Instant,
-    /// Milliseconds after `base` of the last sign of a peer.
-    last: AtomicU64,
+    /// Until when (milliseconds after `base`) another node may be listening.
+    until: AtomicU64,
     ttl: Duration,
 }
 
+/// How long a node whose listener just (re)connected counts on peers without having
+/// heard one: the answers to its question take a round trip.
+const GRACE: Duration = Duration::from_secs(2);
+
 impl Peers {
     pub(crate) fn new(ttl: Duration) -> Self {
-        Self {
+        let peers = Self {
             base: Instant::now(),
-            last: AtomicU64::new(0),
+            until: AtomicU64::new(0),
             ttl,
-        }
+        };
+        peers.deaf();
+        peers
     }
 
     fn now_ms(&self) -> u64 {
         u64::try_from(self.base.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
-    /// A sign of a peer (or of having been deaf to them).
+    fn at_least_for(&self, d: Duration) {
+        let until = self
+            .now_ms()
+            .saturating_add(u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        self.until.fetch_max(until, Ordering::Relaxed);
+    }
+
+    /// A sign of a peer.
     fn heard(&self) {
-        self.last.store(self.now_ms(), Ordering::Relaxed);
+        self.at_least_for(self.ttl);
+    }
+
+    /// The listener was not listening (start, reconnect): peers may exist unheard.
+    fn deaf(&self) {
+        self.at_least_for(GRACE.min(self.ttl));
     }
 
     /// Another node may be listening.
     fn any(&self) -> bool {
-        let since = self
-            .now_ms()
-            .saturating_sub(self.last.load(Ordering::Relaxed));
-        u128::from(since) < self.ttl.as_millis()
+        self.now_ms() < self.until.load(Ordering::Relaxed)
     }
 }
 
@@ -108,6 +127,7 @@ pub(crate) fn payloads(node: &str, fx: &Effects) -> Vec<String> {
             fetch,
             resync: false,
             hello: false,
+            ask: false,
         })
         .unwrap_or_default()
     };
@@ -177,6 +197,11 @@ impl Notifier {
         (Self { queue, lost, peers }, hello)
     }
 
+    /// The sending queue, for the listener's questions and answers.
+    pub(crate) fn queue(&self) -> mpsc::Sender<String> {
+        self.queue.clone()
+    }
+
     /// Queues a committed transaction's effects (unless no other node is listening).
     pub(crate) fn send(&self, node: &str, fx: &Effects) {
         if fx.is_empty() || !self.peers.any() {
@@ -213,10 +238,10 @@ async fn send_loop(
             n = rx.recv_many(&mut batch, MAX_BATCH) => if n == 0 {
                 return;
             },
-            _ = hello.tick() => batch.push(control_payload(&node, false, true)),
+            _ = hello.tick() => batch.push(control_payload(&node, Control::Hello)),
         }
         if lost.swap(false, Ordering::Relaxed) {
-            batch.push(control_payload(&node, true, false));
+            batch.push(control_payload(&node, Control::Resync));
         }
         let mut sent = false;
         for _ in 0..2 {
@@ -278,14 +303,22 @@ async fn connect(
     Ok((client, st))
 }
 
-/// A payload with no effects: a resync, or a hello.
-fn control_payload(node: &str, resync: bool, hello: bool) -> String {
+/// A payload with no effects.
+#[derive(Clone, Copy)]
+enum Control {
+    Resync,
+    Hello,
+    Ask,
+}
+
+fn control_payload(node: &str, c: Control) -> String {
     serde_json::to_string(&Signal {
         n: node.into(),
         fx: Effects::default(),
         fetch: Vec::new(),
-        resync,
-        hello,
+        resync: matches!(c, Control::Resync),
+        hello: matches!(c, Control::Hello),
+        ask: matches!(c, Control::Ask),
     })
     .unwrap_or_default()
 }
@@ -296,6 +329,7 @@ async fn deliver(
     client: &tokio_postgres::Client,
     bus: &Bus,
     peers: &Peers,
+    answer: &mpsc::Sender<String>,
     node: &str,
     payload: &str,
 ) {
@@ -303,6 +337,9 @@ async fn deliver(
         Ok(sig) if sig.n == node => return,
         Ok(sig) => {
             peers.heard();
+            if sig.ask {
+                let _ = answer.try_send(control_payload(node, Control::Hello));
+            }
             sig
         }
         Err(e) => {
@@ -344,6 +381,7 @@ pub(crate) async fn run(
     config: tokio_postgres::Config,
     bus: Weak<Bus>,
     peers: Arc<Peers>,
+    notifier: mpsc::Sender<String>,
     node: Arc<str>,
     mut stop: tokio::sync::watch::Receiver<()>,
 ) {
@@ -387,8 +425,9 @@ pub(crate) async fn run(
                 }
                 failing = false;
                 // Anything may have happened while we were not listening, and other
-                // nodes may have said hello.
-                peers.heard();
+                // nodes may have said hello: ask who is there.
+                peers.deaf();
+                let _ = notifier.try_send(control_payload(&node, Control::Ask));
                 b.wake_all();
                 b.nudge_chores();
                 drop(b);
@@ -397,7 +436,7 @@ pub(crate) async fn run(
                         msg = rx.recv() => match msg {
                             Some(payload) => {
                                 let Some(b) = bus.upgrade() else { return };
-                                deliver(&client, &b, &peers, &node, &payload).await;
+                                deliver(&client, &b, &peers, &notifier, &node, &payload).await;
                             }
                             None => break,
                         },
@@ -422,7 +461,7 @@ pub(crate) async fn run(
                 // Drain whatever arrived before the connection ended.
                 while let Ok(payload) = rx.try_recv() {
                     let Some(b) = bus.upgrade() else { return };
-                    deliver(&client, &b, &peers, &node, &payload).await;
+                    deliver(&client, &b, &peers, &notifier, &node, &payload).await;
                 }
             }
             Ok(Err(e)) => {

@@ -251,15 +251,15 @@ async fn a_nodes_events_reach_the_others_in_the_order_it_answered_them() {
     assert_eq!(got, expected, "heard out of the order they were answered");
 }
 
-/// A node that has heard of no other node for its peers' time-to-live sends no
-/// notifications (nobody would act on them); a node that starts says hello first, and
-/// from then on the others notify it.
+/// A node that has heard of no other node sends no notifications (nobody would act on
+/// them). A node that starts says hello before it serves, so the others notify it at
+/// once; and it asks who is there, so it notifies them once its first seconds are over
+/// (the others' own hellos come only every ten seconds).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_lone_node_sends_no_notifications_until_another_says_hello() {
+async fn a_lone_node_sends_no_notifications_and_a_new_node_is_known_at_once() {
     let db = tokio::task::spawn_blocking(|| Cluster::shared().database())
         .await
         .unwrap();
-    let url = format!("{}?pool_size=4&peer_ttl_ms=1000", db.url);
     // Everything sent on the channel, as a listener that is no node sees it.
     let (spy, mut spy_conn) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
         .await
@@ -274,11 +274,12 @@ async fn a_lone_node_sends_no_notifications_until_another_says_hello() {
         }
     });
     spy.batch_execute("LISTEN vow").await.unwrap();
-    let a = Arc::new(PgStore::connect(&url).await.unwrap());
+    let a = node(&db).await;
     let t = tenant(&a).await;
     let q: QueueName = "q".parse().unwrap();
-    // Past a's first time-to-live (it counts its own start as a sign of peers).
-    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    // Past a's first seconds (after a (re)connect a node counts on unheard peers).
+    let grace = Duration::from_millis(2_500);
+    tokio::time::sleep(grace).await;
     while heard.try_recv().is_ok() {}
     a.job_insert_many(enqueue(&t, &q, 3)).await.unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -291,18 +292,27 @@ async fn a_lone_node_sends_no_notifications_until_another_says_hello() {
     }
     assert_eq!(effects, 0, "a lone node notified its writes");
 
-    // b starts: it says hello before it serves, and a notifies it at once.
-    let b = Arc::new(PgStore::connect(&url).await.unwrap());
+    // b starts (it says hello before `connect` returns, and asks who is there). Past
+    // its first seconds, and before a's next hello, b knows of a: a answered.
+    let b = node(&db).await;
+    tokio::time::sleep(grace).await;
+    let waiter = a.bus().queue_waiter(&t, &q);
+    let woken = waiter.notified();
+    tokio::pin!(woken);
+    woken.as_mut().enable();
+    b.job_insert_many(enqueue(&t, &q, 1)).await.unwrap();
+    tokio::time::timeout(Duration::from_millis(500), woken)
+        .await
+        .expect("b notifies a, which answered b's question");
+    // And a notifies b (it heard b's hello).
     let waiter = b.bus().queue_waiter(&t, &q);
     let woken = waiter.notified();
     tokio::pin!(woken);
     woken.as_mut().enable();
-    tokio::time::sleep(Duration::from_millis(50)).await;
     a.job_insert_many(enqueue(&t, &q, 1)).await.unwrap();
     tokio::time::timeout(Duration::from_millis(500), woken)
         .await
-        .expect("a notifies b once b said hello");
-    drop((a, b));
+        .expect("a notifies b");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
