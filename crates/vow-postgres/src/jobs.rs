@@ -21,7 +21,7 @@ use vow_core::retry::jitter;
 use vow_core::{Job, JobId, JobState, LeaseId, TenantId, Timestamp};
 use vow_store::*;
 
-use crate::notices::{outbox, Notice};
+use crate::notices::{outbox, subscriptions, Hook, Notice, OUTBOX_SQL};
 use crate::rows::{
     event_from_row, job_cols, job_from_row, opt_json, to_json, EVENT_COLS, JOB_COLS, TENANT_CHECK,
 };
@@ -94,12 +94,15 @@ fn detail(job: &Job, kind: EventKind) -> Option<serde_json::Value> {
     }
 }
 
-/// Logs events in one statement and queues their publication and the wake-ups they imply.
+/// Logs events in one statement and queues their publication and the wake-ups they imply;
+/// writes the deliveries they call for ([`outbox`], given `hooks` or reading them). With
+/// `hooks` given, every statement is sent on the first poll once prepared.
 async fn record(
     tx: &impl GenericClient,
     fx: &mut Effects,
     pending: Vec<Pending>,
     now: Timestamp,
+    hooks: Option<&[Hook]>,
 ) -> StoreResult<()> {
     if pending.is_empty() {
         return Ok(());
@@ -125,18 +128,14 @@ async fn record(
     let events = async {
         query(
             tx,
-            "INSERT INTO job_events (tenant_id, job_id, queue, kind, from_state, to_state, attempt, at, detail) \
-             SELECT t, j, q, k, f, s, a, $8::int8, d \
-             FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], \
-                         $7::int4[], $9::text[]) AS u(t, j, q, k, f, s, a, d) \
-             RETURNING seq",
+            EVENTS_SQL,
             &[
                 &tenants, &ids, &queues, &kinds, &froms, &tos, &attempts, &now.0, &texts,
             ],
         )
         .await
     };
-    let (rows, ()) = futures::try_join!(events, outbox(tx, &notices, now))?;
+    let (rows, ()) = futures::try_join!(events, outbox(tx, &notices, now, hooks))?;
     // One sequence, consumed in row order within the statement: sorted seqs match rows.
     let mut seqs: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
     seqs.sort_unstable();
@@ -164,7 +163,27 @@ async fn record(
     Ok(())
 }
 
-/// Writes back every column a transition may change, for all `jobs`, in one statement.
+/// [`record`]'s events insert.
+const EVENTS_SQL: &str = "INSERT INTO job_events (tenant_id, job_id, queue, kind, from_state, to_state, attempt, at, detail) \
+     SELECT t, j, q, k, f, s, a, $8::int8, d \
+     FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], \
+                 $7::int4[], $9::text[]) AS u(t, j, q, k, f, s, a, d) \
+     RETURNING seq";
+
+/// [`save_many`]'s update.
+const SAVE_SQL: &str =
+    "UPDATE jobs j SET state = u.state, attempt = u.attempt, result = u.result, \
+     last_error = u.last_error, progress = u.progress, run_at = u.run_at, \
+     started_at = u.started_at, finished_at = u.finished_at, lease_id = u.lease_id, \
+     lease_expires_at = u.lease_expires_at, worker_id = u.worker_id \
+     FROM unnest($1::text[], $2::text[], $3::int4[], $4::text[], $5::text[], $6::text[], \
+                 $7::int8[], $8::int8[], $9::int8[], $10::text[], $11::int8[], $12::text[]) \
+          AS u(id, state, attempt, result, last_error, progress, run_at, started_at, \
+               finished_at, lease_id, lease_expires_at, worker_id) \
+     WHERE j.id = u.id";
+
+/// Writes back every column a transition may change, for all `jobs`, in one statement
+/// (sent on the first poll once [`SAVE_SQL`] is prepared).
 async fn save_many(tx: &impl GenericClient, jobs: &[&Job]) -> StoreResult<()> {
     if jobs.is_empty() {
         return Ok(());
@@ -189,15 +208,7 @@ async fn save_many(tx: &impl GenericClient, jobs: &[&Job]) -> StoreResult<()> {
     let workers: Vec<Option<&str>> = jobs.iter().map(|j| j.worker_id.as_deref()).collect();
     execute(
         tx,
-        "UPDATE jobs j SET state = u.state, attempt = u.attempt, result = u.result, \
-         last_error = u.last_error, progress = u.progress, run_at = u.run_at, \
-         started_at = u.started_at, finished_at = u.finished_at, lease_id = u.lease_id, \
-         lease_expires_at = u.lease_expires_at, worker_id = u.worker_id \
-         FROM unnest($1::text[], $2::text[], $3::int4[], $4::text[], $5::text[], $6::text[], \
-                     $7::int8[], $8::int8[], $9::int8[], $10::text[], $11::int8[], $12::text[]) \
-              AS u(id, state, attempt, result, last_error, progress, run_at, started_at, \
-                   finished_at, lease_id, lease_expires_at, worker_id) \
-         WHERE j.id = u.id",
+        SAVE_SQL,
         &[
             &ids, &states, &attempts, &results, &errors, &progress, &run_at, &started, &finished,
             &leases, &expires, &workers,
@@ -205,6 +216,15 @@ async fn save_many(tx: &impl GenericClient, jobs: &[&Job]) -> StoreResult<()> {
     )
     .await?;
     Ok(())
+}
+
+/// How [`apply_steps`] ends.
+enum Ending<'a> {
+    /// More statements follow in the transaction.
+    Open,
+    /// Its writes are the transaction's last statements: they go out with the `COMMIT`,
+    /// in one round trip; the subscriptions the outbox needs were read beforehand.
+    Commit(&'a [Hook]),
 }
 
 /// Applies `steps` (in order) to the locked `jobs`, saves the changed ones and logs
@@ -215,6 +235,7 @@ async fn apply_steps(
     mut jobs: HashMap<JobId, Job>,
     steps: Vec<(JobId, Op)>,
     now: Timestamp,
+    ending: Ending<'_>,
 ) -> StoreResult<Vec<StoreResult<Job>>> {
     let mut out = Vec::with_capacity(steps.len());
     let mut dirty = HashSet::new();
@@ -243,7 +264,33 @@ async fn apply_steps(
     }
     let changed: Vec<&Job> = dirty.iter().filter_map(|id| jobs.get(id)).collect();
     // Independent statements: pipelined, one round trip.
-    futures::try_join!(save_many(tx, &changed), record(tx, fx, pending, now))?;
+    match ending {
+        Ending::Open => {
+            futures::try_join!(save_many(tx, &changed), record(tx, fx, pending, now, None))?;
+        }
+        Ending::Commit(hooks) => {
+            // Prepared first, so that each statement goes out on its future's first poll,
+            // ahead of the `COMMIT` polled after them (see [`query_and_commit`]).
+            futures::try_join!(
+                tx.prepare_cached(SAVE_SQL),
+                tx.prepare_cached(EVENTS_SQL),
+                tx.prepare_cached(OUTBOX_SQL)
+            )
+            .map_err(pg_err)?;
+            let writes = async {
+                futures::try_join!(
+                    save_many(tx, &changed),
+                    record(tx, fx, pending, now, Some(hooks))
+                )
+            };
+            // If a statement fails, the transaction is aborted and the `COMMIT` rolls it
+            // back; the statement's error is returned.
+            let (written, committed) = tokio::join!(writes, tx.batch_execute("COMMIT"));
+            written?;
+            committed.map_err(pg_err)?;
+            fx.committed = true;
+        }
+    }
     Ok(out)
 }
 
@@ -280,12 +327,26 @@ async fn transition_many(
     let mut ids: Vec<&str> = steps.iter().map(|(id, _)| id.as_str()).collect();
     ids.sort_unstable();
     ids.dedup();
-    let rows = query(tx, &jobs_by_id_sql(true), &[&ids, &tenant.as_str()]).await?;
+    // The tenant's subscriptions are read with the lock (one round trip), so that the
+    // writes can go out with the `COMMIT`; not for heartbeats, which notify nobody.
+    let may_notify = steps
+        .iter()
+        .any(|(_, op)| !matches!(op, Op::Heartbeat { .. }));
+    let hooks = async {
+        if may_notify {
+            subscriptions(tx, &[tenant.as_str()]).await
+        } else {
+            Ok(Vec::new())
+        }
+    };
+    let (sql, tenant_id) = (jobs_by_id_sql(true), tenant.as_str());
+    let params: [&(dyn ToSql + Sync); 2] = [&ids, &tenant_id];
+    let (rows, hooks) = futures::try_join!(query(tx, &sql, &params), hooks)?;
     let jobs = rows
         .iter()
         .map(|r| job_from_row(r).map(|j| (j.id.clone(), j)))
         .collect::<StoreResult<HashMap<_, _>>>()?;
-    apply_steps(tx, fx, jobs, steps, now).await
+    apply_steps(tx, fx, jobs, steps, now, Ending::Commit(&hooks)).await
 }
 
 async fn transition_one(
@@ -308,20 +369,21 @@ pub(crate) async fn insert_many(
     p: &JobInsertMany,
 ) -> StoreResult<Vec<Inserted>> {
     let (tenant, queue) = (p.tenant_id.as_str(), p.queue.as_str());
-    // The queue's row and the jobs go out together (pipelined, one round trip).
+    // The queue's row and the jobs go out together (pipelined, one round trip), the
+    // insert of the jobs maybe with the `COMMIT`: the queue's statement is prepared
+    // first, so that it goes out on the first poll, surely ahead of that `COMMIT`.
+    let upsert = tx.prepare_cached(QUEUE_SQL).await.map_err(pg_err)?;
     let queue_params: [&(dyn ToSql + Sync); 3] = [&tenant, &queue, &p.now.0];
-    let (upserted, inserted) = tokio::join!(
-        execute(
-            tx,
-            "INSERT INTO queues (tenant_id, name, created_at) VALUES ($1, $2, $3) \
-             ON CONFLICT DO NOTHING",
-            &queue_params,
-        ),
-        insert_jobs(tx, fx, p)
-    );
+    let (upserted, inserted) =
+        tokio::join!(tx.execute(&upsert, &queue_params), insert_jobs(tx, fx, p));
+    let upserted = upserted.map_err(pg_err);
     upserted?;
     inserted
 }
+
+/// [`insert_many`]'s queue row.
+const QUEUE_SQL: &str = "INSERT INTO queues (tenant_id, name, created_at) VALUES ($1, $2, $3) \
+     ON CONFLICT DO NOTHING";
 
 /// [`insert_many`] after the queue's row: idempotency checks, then the jobs and their
 /// `enqueued` events in one statement.
@@ -665,7 +727,7 @@ async fn sweep(
         .collect::<StoreResult<HashMap<_, _>>>()?;
     let mut steps: Vec<(JobId, Op)> = jobs.keys().map(|id| (id.clone(), op.clone())).collect();
     steps.sort_by(|a, b| a.0.cmp(&b.0));
-    let out = apply_steps(tx, fx, jobs, steps, now).await?;
+    let out = apply_steps(tx, fx, jobs, steps, now, Ending::Open).await?;
     Ok(out.iter().filter(|r| r.is_ok()).count())
 }
 

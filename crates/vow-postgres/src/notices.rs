@@ -40,7 +40,7 @@ pub(crate) struct Notice<'a> {
 }
 
 /// A subscription as the outbox matches it.
-struct Hook {
+pub(crate) struct Hook {
     id: String,
     tenant: String,
     url: String,
@@ -71,39 +71,30 @@ fn event_names(events: Vec<String>) -> Vec<NoticeType> {
 }
 
 /// Writes the deliveries `notices` call for (one per job `callback_url` of a terminal
-/// notice, one per matching subscription) in the caller's transaction: at most one
-/// `SELECT` and one `INSERT`, none when `notices` is empty.
+/// notice, one per matching subscription) in the caller's transaction: one `INSERT`,
+/// none when `notices` is empty, after reading the tenants' subscriptions unless
+/// `hooks` brings them. With `hooks` given, the `INSERT` is sent on the first poll
+/// once [`OUTBOX_SQL`] is prepared (nothing is awaited before it).
 pub(crate) async fn outbox(
     tx: &impl GenericClient,
     notices: &[Notice<'_>],
     now: Timestamp,
+    hooks: Option<&[Hook]>,
 ) -> StoreResult<()> {
     if notices.is_empty() {
         return Ok(());
     }
-    let mut tenants: Vec<&str> = notices.iter().map(|n| n.job.tenant_id.as_str()).collect();
-    tenants.sort_unstable();
-    tenants.dedup();
-    let hooks = query(
-        tx,
-        "SELECT id, tenant_id, url, events, queues FROM webhooks \
-         WHERE tenant_id = ANY($1::text[]) ORDER BY created_at, id",
-        &[&tenants],
-    )
-    .await?
-    .into_iter()
-    .map(|r| {
-        let url: String = get(&r, 2)?;
-        Ok(Hook {
-            id: get(&r, 0)?,
-            tenant: get(&r, 1)?,
-            endpoint: endpoint_or_url(&url),
-            url,
-            events: event_names(get(&r, 3)?),
-            queues: get(&r, 4)?,
-        })
-    })
-    .collect::<StoreResult<Vec<_>>>()?;
+    let loaded;
+    let hooks = match hooks {
+        Some(h) => h,
+        None => {
+            let mut tenants: Vec<&str> = notices.iter().map(|n| n.job.tenant_id.as_str()).collect();
+            tenants.sort_unstable();
+            tenants.dedup();
+            loaded = subscriptions(tx, &tenants).await?;
+            &loaded
+        }
+    };
 
     // Column arrays of the rows to insert; each body is sent once and indexed.
     let mut ids = Vec::new();
@@ -153,12 +144,7 @@ pub(crate) async fn outbox(
     }
     execute(
         tx,
-        "INSERT INTO deliveries (id, tenant_id, job_id, webhook_id, event, url, endpoint, body, \
-           traceparent, state, attempts, round_start, next_attempt_at, created_at) \
-         SELECT u.id, u.t, u.j, u.w, u.e, u.url, u.ep, ($9::text[])[u.b], u.tp, 'pending', 0, 0, \
-           $10::int8, $10::int8 \
-         FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], \
-                     $7::text[], $8::int4[], $11::text[]) AS u(id, t, j, w, e, url, ep, b, tp)",
+        OUTBOX_SQL,
         &[
             &ids,
             &row_tenants,
@@ -175,6 +161,42 @@ pub(crate) async fn outbox(
     )
     .await?;
     Ok(())
+}
+
+/// The outbox's insert (one statement for all the deliveries of a transaction).
+pub(crate) const OUTBOX_SQL: &str =
+    "INSERT INTO deliveries (id, tenant_id, job_id, webhook_id, event, url, endpoint, body, \
+       traceparent, state, attempts, round_start, next_attempt_at, created_at) \
+     SELECT u.id, u.t, u.j, u.w, u.e, u.url, u.ep, ($9::text[])[u.b], u.tp, 'pending', 0, 0, \
+       $10::int8, $10::int8 \
+     FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], \
+                 $7::text[], $8::int4[], $11::text[]) AS u(id, t, j, w, e, url, ep, b, tp)";
+
+/// The subscriptions of some tenants, for [`outbox`].
+pub(crate) async fn subscriptions(
+    tx: &impl GenericClient,
+    tenants: &[&str],
+) -> StoreResult<Vec<Hook>> {
+    query(
+        tx,
+        "SELECT id, tenant_id, url, events, queues FROM webhooks \
+         WHERE tenant_id = ANY($1::text[]) ORDER BY created_at, id",
+        &[&tenants],
+    )
+    .await?
+    .into_iter()
+    .map(|r| {
+        let url: String = get(&r, 2)?;
+        Ok(Hook {
+            id: get(&r, 0)?,
+            tenant: get(&r, 1)?,
+            endpoint: endpoint_or_url(&url),
+            url,
+            events: event_names(get(&r, 3)?),
+            queues: get(&r, 4)?,
+        })
+    })
+    .collect()
 }
 
 /// The secrets to sign with: the current one, and the previous one while still valid.

@@ -383,3 +383,66 @@ async fn a_failing_last_statement_sent_with_its_commit_commits_nothing() {
     assert_eq!(leased[0].id, job.id);
     assert_eq!(leased[0].attempt, 1);
 }
+
+/// An enqueue's and an ack's last writes go out with the `COMMIT` in one round trip. They must all be inside the transaction, also on a connection that has
+/// not prepared them yet (a statement sent after its `Parse` round trip would land
+/// behind the `COMMIT`, in a transaction of its own): every row carries the same xmin.
+#[tokio::test]
+async fn an_acks_writes_sent_with_its_commit_are_one_transaction() {
+    let db = db().await;
+    let admin = admin(&db).await;
+    for round in 0..2 {
+        // A new store: its one connection has prepared nothing yet.
+        let store = single_connection_store(&db).await;
+        let t = tenant(&store, &format!("acme{round}")).await;
+        let ins = insert(
+            &store,
+            &t,
+            "q",
+            vec![json!({ "payload": 1, "callback_url": "https://example.com/done" })],
+            T0,
+        )
+        .await;
+        let job = &ins[0].job;
+        // The enqueue's queue row and event: one transaction too.
+        let row = admin
+            .query_one(
+                "SELECT q.xmin::text, e.xmin::text FROM queues q \
+                 JOIN job_events e ON e.tenant_id = q.tenant_id AND e.kind = 'enqueued' \
+                 WHERE q.tenant_id = $1 AND q.name = 'q'",
+                &[&t.as_str()],
+            )
+            .await
+            .unwrap();
+        let (q, e): (String, String) = (row.get(0), row.get(1));
+        assert_eq!(q, e, "queue row and enqueued event");
+        let leased = lease(&store, &t, "q", 1, None, T0).await;
+        let done = store
+            .job_ack_many(JobAckMany {
+                tenant_id: t.clone(),
+                items: vec![AckItem::Complete {
+                    id: job.id.clone(),
+                    lease_id: leased[0].lease_id.clone().unwrap(),
+                    result: None,
+                }],
+                now: T0,
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            done[0].as_ref().unwrap().state,
+            vow_core::JobState::Completed
+        );
+        let row = admin
+            .query_one(
+                "SELECT j.xmin::text, e.xmin::text, d.xmin::text FROM jobs j \
+                 JOIN job_events e ON e.job_id = j.id AND e.kind = 'completed' \
+                 JOIN deliveries d ON d.job_id = j.id WHERE j.id = $1",
+                &[&job.id.as_str()],
+            )
+            .await
+            .unwrap();
+        let (j, e, d): (String, String, String) = (row.get(0), row.get(1), row.get(2));
+        assert!(j == e && e == d, "job {j}, event {e}, delivery {d}");
+    }
+}
