@@ -604,8 +604,8 @@ pub(crate) fn lease_sql() -> &'static str {
     })
 }
 
-/// Session settings the lease runs under (see [`lease`]): the ordered index scan of
-/// `jobs_lease` whatever the statistics say.
+/// Session settings the lease (and the deliveries claim) run under (see [`lease`]): the
+/// ordered index scan of `jobs_lease` (`deliveries_due`) whatever the statistics say.
 pub(crate) const LEASE_SETTINGS: &str = "SET LOCAL enable_sort = off; SET LOCAL jit = off";
 
 /// One statement: pick up to `max_jobs` available jobs of an unpaused queue with

@@ -163,6 +163,25 @@ pub(crate) async fn outbox(
     Ok(())
 }
 
+/// The claim's pick: up to `fetch` due deliveries, in due order, of endpoints neither
+/// open (their breaker) nor full (`$2`, `$3`: tenants and endpoints at their cap).
+/// `$1` is now.
+pub(crate) fn claim_sql(fetch: usize) -> String {
+    format!(
+        "SELECT d.id, d.tenant_id, d.job_id, d.webhook_id, d.event, d.url, d.endpoint, d.body, \
+           d.attempts, d.round_start, d.traceparent \
+         FROM deliveries d \
+         WHERE d.state = 'pending' AND d.next_attempt_at <= $1 \
+           AND NOT EXISTS (SELECT 1 FROM endpoints e WHERE e.tenant_id = d.tenant_id \
+                           AND e.endpoint = d.endpoint AND e.open_until > $1) \
+           AND NOT EXISTS (SELECT 1 FROM unnest($2::text[], $3::text[]) AS f(t, ep) \
+                           WHERE f.t = d.tenant_id AND f.ep = d.endpoint) \
+         ORDER BY d.next_attempt_at, d.id \
+         LIMIT {fetch} \
+         FOR UPDATE OF d SKIP LOCKED"
+    )
+}
+
 /// The outbox's insert (one statement for all the deliveries of a transaction).
 pub(crate) const OUTBOX_SQL: &str =
     "INSERT INTO deliveries (id, tenant_id, job_id, webhook_id, event, url, endpoint, body, \
@@ -295,25 +314,22 @@ pub(crate) async fn claim(
         .saturating_mul(2)
         .clamp(1, 65_536)
         .next_power_of_two();
-    let due = query(
-        tx,
-        &format!("SELECT d.id, d.tenant_id, d.job_id, d.webhook_id, d.event, d.url, d.endpoint, d.body, \
-           d.attempts, d.round_start, d.traceparent \
-         FROM deliveries d \
-         WHERE d.state = 'pending' AND d.next_attempt_at <= $1 \
-           AND NOT EXISTS (SELECT 1 FROM endpoints e WHERE e.tenant_id = d.tenant_id \
-                           AND e.endpoint = d.endpoint AND e.open_until > $1) \
-           AND NOT EXISTS (SELECT 1 FROM unnest($2::text[], $3::text[]) AS f(t, ep) \
-                           WHERE f.t = d.tenant_id AND f.ep = d.endpoint) \
-         ORDER BY d.next_attempt_at, d.id \
-         LIMIT {fetch} \
-         FOR UPDATE OF d SKIP LOCKED"),
-        &[&now.0, &full_tenants, &full_endpoints],
-    )
-    .await?
-    .iter()
-    .map(due_from_row)
-    .collect::<StoreResult<Vec<_>>>()?;
+    // With the lease's settings (sent in the same round trip): the due rows must come
+    // from a walk of `deliveries_due` that stops at `fetch`, not from a sort of every
+    // pending delivery (13 ms a claim at a few thousand pending, a dispatch rate that
+    // fell as the backlog grew; 0.9 ms with the walk).
+    let sql = claim_sql(fetch);
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] =
+        [&now.0, &full_tenants, &full_endpoints];
+    let (set, due) = tokio::join!(
+        tx.batch_execute(crate::jobs::LEASE_SETTINGS),
+        query(tx, &sql, &params)
+    );
+    set.map_err(crate::pg_err)?;
+    let due = due?
+        .iter()
+        .map(due_from_row)
+        .collect::<StoreResult<Vec<_>>>()?;
     if due.is_empty() {
         return Ok(Vec::new());
     }

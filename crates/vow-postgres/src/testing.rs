@@ -346,6 +346,13 @@ pub fn lease_statement() -> (&'static str, &'static str) {
     (crate::jobs::lease_sql(), crate::jobs::LEASE_SETTINGS)
 }
 
+/// The deliveries claim's pick for `fetch` rows (`$1` now, `$2`/`$3` tenants and
+/// endpoints at their cap), for tests that check its plan; it runs under
+/// [`lease_statement`]'s settings.
+pub fn claim_statement(fetch: usize) -> String {
+    crate::notices::claim_sql(fetch)
+}
+
 /// The lookups of a tenant's rows by unique id, each with the index it must walk: `$1`
 /// the id (or an array of ids), `$2` the tenant. For tests that check their plans.
 pub fn lookups_by_id() -> Vec<(String, &'static str)> {
