@@ -163,6 +163,25 @@ pub(crate) async fn outbox(
     Ok(())
 }
 
+/// A tenant's delivery (`$1` its id, `$2` the tenant), found by the primary key (see
+/// [`TENANT_CHECK`]).
+pub(crate) fn delivery_sql() -> String {
+    format!("SELECT {DELIVERY_COLS} FROM deliveries WHERE id = $1 AND {TENANT_CHECK} $2")
+}
+
+/// Whether a tenant's delivery (`$1`, `$2` the tenant) lost its subscription.
+pub(crate) fn delivery_orphaned_sql() -> String {
+    format!(
+        "SELECT d.webhook_id IS NOT NULL AND w.id IS NULL FROM deliveries d \
+         LEFT JOIN webhooks w ON w.id = d.webhook_id WHERE d.id = $1 AND d.{TENANT_CHECK} $2"
+    )
+}
+
+/// A tenant's subscription (`$1` its id, `$2` the tenant), by the primary key.
+pub(crate) fn webhook_sql() -> String {
+    format!("SELECT {WEBHOOK_COLS} FROM webhooks WHERE id = $1 AND {TENANT_CHECK} $2")
+}
+
 /// The claim's pick: up to `fetch` due deliveries, in due order, of endpoints neither
 /// open (their breaker) nor full (`$2`, `$3`: tenants and endpoints at their cap).
 /// `$1` is now.
@@ -703,14 +722,7 @@ pub(crate) async fn get_one(
     tenant: &TenantId,
     id: &DeliveryId,
 ) -> StoreResult<Option<DeliveryView>> {
-    let delivery = async {
-        query(
-            c,
-            &format!("SELECT {DELIVERY_COLS} FROM deliveries WHERE id = $1 AND {TENANT_CHECK} $2"),
-            &[&id.as_str(), &tenant.as_str()],
-        )
-        .await
-    };
+    let delivery = async { query(c, &delivery_sql(), &[&id.as_str(), &tenant.as_str()]).await };
     let log = async {
         query(
             c,
@@ -783,10 +795,7 @@ pub(crate) async fn retry(
 ) -> StoreResult<DeliveryView> {
     let orphaned = query(
         c,
-        &format!(
-            "SELECT d.webhook_id IS NOT NULL AND w.id IS NULL FROM deliveries d \
-             LEFT JOIN webhooks w ON w.id = d.webhook_id WHERE d.id = $1 AND d.{TENANT_CHECK} $2"
-        ),
+        &delivery_orphaned_sql(),
         &[&id.as_str(), &tenant.as_str()],
     )
     .await?;
@@ -872,15 +881,11 @@ pub(crate) async fn webhook_get(
     tenant: &TenantId,
     id: &WebhookId,
 ) -> StoreResult<Option<WebhookView>> {
-    query(
-        c,
-        &format!("SELECT {WEBHOOK_COLS} FROM webhooks WHERE id = $1 AND {TENANT_CHECK} $2"),
-        &[&id.as_str(), &tenant.as_str()],
-    )
-    .await?
-    .first()
-    .map(|r| webhook_from_row(r, false))
-    .transpose()
+    query(c, &webhook_sql(), &[&id.as_str(), &tenant.as_str()])
+        .await?
+        .first()
+        .map(|r| webhook_from_row(r, false))
+        .transpose()
 }
 
 pub(crate) async fn webhook_list(

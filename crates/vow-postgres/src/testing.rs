@@ -353,15 +353,20 @@ pub fn claim_statement(fetch: usize) -> String {
     crate::notices::claim_sql(fetch)
 }
 
-/// The lookups of a tenant's rows by unique id, each with the index it must walk: `$1`
-/// the id (or an array of ids), `$2` the tenant. For tests that check their plans.
-pub fn lookups_by_id() -> Vec<(String, &'static str)> {
+/// The lookups of a tenant's rows by unique id, each with the table whose id it takes
+/// and the index it must walk: `$1` the id (or an array of ids), `$2` the tenant. For
+/// tests that check their plans.
+pub fn lookups_by_id() -> Vec<(String, &'static str, &'static str)> {
     use crate::jobs::{job_events_sql, job_sql, jobs_by_id_sql};
+    use crate::notices::{delivery_orphaned_sql, delivery_sql, webhook_sql};
     vec![
-        (jobs_by_id_sql(true), "jobs_pkey"),
-        (jobs_by_id_sql(false), "jobs_pkey"),
-        (job_sql(), "jobs_pkey"),
-        (job_events_sql(), "job_events_job"),
+        (jobs_by_id_sql(true), "jobs", "jobs_pkey"),
+        (jobs_by_id_sql(false), "jobs", "jobs_pkey"),
+        (job_sql(), "jobs", "jobs_pkey"),
+        (job_events_sql(), "jobs", "job_events_job"),
+        (delivery_sql(), "deliveries", "deliveries_pkey"),
+        (delivery_orphaned_sql(), "deliveries", "deliveries_pkey"),
+        (webhook_sql(), "webhooks", "webhooks_pkey"),
     ]
 }
 

@@ -250,19 +250,40 @@ async fn lookups_by_id_walk_the_ids_index_for_a_tenant_the_statistics_have_not_s
     admin
         .batch_execute(
             "ALTER TABLE jobs SET (autovacuum_enabled = false); \
-             ALTER TABLE job_events SET (autovacuum_enabled = false)",
+             ALTER TABLE job_events SET (autovacuum_enabled = false); \
+             ALTER TABLE deliveries SET (autovacuum_enabled = false); \
+             ALTER TABLE webhooks SET (autovacuum_enabled = false)",
         )
         .await
         .unwrap();
+    // Deliveries and subscriptions of a tenant, `d<tenant>-<i>` and `w<tenant>-<i>`.
+    let seed = |t: &vow_core::TenantId| {
+        format!(
+            "INSERT INTO deliveries (id, tenant_id, job_id, event, url, endpoint, body, state, \
+               next_attempt_at, created_at) \
+             SELECT 'd{t}-' || i, '{t}', 'j' || i, 'job.completed', 'https://example.com/', \
+               'https://example.com', '{{}}', 'delivered', NULL, 0 FROM generate_series(1, 5000) i; \
+             INSERT INTO webhooks (id, tenant_id, url, events, secret, created_at) \
+             SELECT 'w{t}-' || i, '{t}', 'https://example.com/', '{{job.completed}}', 's', i \
+             FROM generate_series(1, 5000) i"
+        )
+    };
     let old = tenant(&store, "old").await;
     let reqs = |n| (0..n).map(|i| json!({ "payload": i })).collect();
     insert(&store, &old, "q", reqs(5_000), T0).await;
+    admin.batch_execute(&seed(&old)).await.unwrap();
     admin.batch_execute("ANALYZE").await.unwrap();
     let new = tenant(&store, "new").await;
     let ids = insert(&store, &new, "q", reqs(5_000), T0).await;
-    let id = ids[ids.len() / 2].job.id.as_str().to_owned();
+    admin.batch_execute(&seed(&new)).await.unwrap();
+    let job_id = ids[ids.len() / 2].job.id.as_str().to_owned();
     let tx = admin.transaction().await.unwrap();
-    for (sql, index) in vow_postgres::testing::lookups_by_id() {
+    for (sql, table, index) in vow_postgres::testing::lookups_by_id() {
+        let id = match table {
+            "deliveries" => format!("d{new}-2500"),
+            "webhooks" => format!("w{new}-2500"),
+            _ => job_id.clone(),
+        };
         let st = tx.prepare(&format!("EXPLAIN {sql}")).await.unwrap();
         let one = vec![id.clone()];
         let by_array = st.params()[0] == tokio_postgres::types::Type::TEXT_ARRAY;
