@@ -886,6 +886,9 @@ pub(crate) async fn list(c: &impl GenericClient, p: &JobList) -> StoreResult<Pag
     if let Some(q) = &p.queue {
         filter(&mut sql, "queue = ", q.to_string());
     }
+    if let Some(s) = &p.state {
+        filter(&mut sql, "state = ", s.as_str().to_owned());
+    }
     if let Some(g) = &p.group {
         filter(&mut sql, "grp = ", g.to_string());
     }
@@ -895,11 +898,13 @@ pub(crate) async fn list(c: &impl GenericClient, p: &JobList) -> StoreResult<Pag
     if let Some(b) = &p.before {
         filter(&mut sql, "id < ", b.to_string());
     }
-    if let Some(s) = &p.state {
-        // A literal, so that a generic plan may use the partial indexes of the state.
-        sql.push_str(&format!(" AND state = '{}'", s.as_str()));
-    }
-    sql.push_str(&format!(" ORDER BY id DESC LIMIT {}", p.limit + 1));
+    // One row past the page tells whether there is a next one. The limit is rounded up
+    // to a power of two, so that a connection's statement cache holds few shapes of
+    // this statement whatever limits callers ask for; the extra rows are dropped.
+    sql.push_str(&format!(
+        " ORDER BY id DESC LIMIT {}",
+        (p.limit + 1).next_power_of_two()
+    ));
     let params: Vec<&(dyn ToSql + Sync)> = args.iter().map(|a| a as &(dyn ToSql + Sync)).collect();
     let mut items = query(c, &sql, &params)
         .await?

@@ -27,8 +27,8 @@
 //! parameters and are removed before connecting: `pool_size` (default 16),
 //! `pool_timeout_ms` (wait for a free connection, default 5000),
 //! `statement_timeout_ms` (default 10000) and `peer_ttl_ms` (how long a node goes on
-//! notifying after its last sign of another node, default 30000; nodes say hello every
-//! third of it).
+//! notifying after its last sign of another node, default 30000, at least 300; nodes
+//! say hello every third of it, so give every node the same value).
 
 mod jobs;
 mod listener;
@@ -95,7 +95,7 @@ impl PgConfig {
                 "pool_size" => pool_size = num()?.max(1) as usize,
                 "pool_timeout_ms" => pool_timeout = Duration::from_millis(num()?),
                 "statement_timeout_ms" => statement_timeout = Duration::from_millis(num()?),
-                "peer_ttl_ms" => peer_ttl = Duration::from_millis(num()?.max(100)),
+                "peer_ttl_ms" => peer_ttl = Duration::from_millis(num()?.max(300)),
                 _ => rest.push(pair),
             }
         }
@@ -461,7 +461,15 @@ macro_rules! write_tx {
                             Ok(out)
                         }
                         Err(e) => {
-                            tx.rollback().await;
+                            if effects.committed {
+                                // The body committed, then refused (a transition by id
+                                // that was not allowed): whatever it wrote is durable.
+                                $store.notifier.send(&$store.node, &effects);
+                                std::mem::take(&mut effects).apply(&$store.bus);
+                                tx.committed();
+                            } else {
+                                tx.rollback().await;
+                            }
                             Err(e)
                         }
                     }

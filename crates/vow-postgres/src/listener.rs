@@ -58,16 +58,19 @@ struct Signal<'a> {
     ask: bool,
 }
 
-/// Whether another node may be listening: this node heard one within `ttl` (any payload
-/// from another node counts; every node says hello at start and every third of `ttl`),
-/// or its listener (re)connected within [`GRACE`] (it may have missed their hellos while
-/// away, so it asks, and every other node answers with a hello at once). A node with
-/// no peers sends no notifications: nobody would act on them.
+/// Whether another node may be listening: this node's listener is not connected (it
+/// cannot hear them, so it must assume them), or it heard one within `ttl` (any payload
+/// from another node counts; every node says hello at start and every third of `ttl`,
+/// so nodes should share one `ttl`), or its listener (re)connected within [`GRACE`] (it
+/// asks who is there then, and every other node answers with a hello at once). A node
+/// with no peers sends no notifications: nobody would act on them.
 #[derive(Debug)]
 pub(crate) struct Peers {
     base: Instant,
     /// Until when (milliseconds after `base`) another node may be listening.
     until: AtomicU64,
+    /// The listener is connected.
+    listening: AtomicBool,
     ttl: Duration,
 }
 
@@ -77,39 +80,46 @@ const GRACE: Duration = Duration::from_secs(2);
 
 impl Peers {
     pub(crate) fn new(ttl: Duration) -> Self {
-        let peers = Self {
+        Self {
             base: Instant::now(),
             until: AtomicU64::new(0),
+            listening: AtomicBool::new(false),
             ttl,
-        };
-        peers.deaf();
-        peers
+        }
     }
 
     fn now_ms(&self) -> u64 {
         u64::try_from(self.base.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
-    fn at_least_for(&self, d: Duration) {
-        let until = self
-            .now_ms()
-            .saturating_add(u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-        self.until.fetch_max(until, Ordering::Relaxed);
+    /// Extends `until` to at least `d` from now; whether it had run out.
+    fn at_least_for(&self, d: Duration) -> bool {
+        let now = self.now_ms();
+        let until = now.saturating_add(u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        self.until.fetch_max(until, Ordering::Relaxed) <= now
     }
 
-    /// A sign of a peer.
-    fn heard(&self) {
-        self.at_least_for(self.ttl);
+    /// A sign of a peer. True if this node thought itself alone until now: writes it
+    /// committed a moment ago went unannounced, so the caller sends a resync.
+    fn heard(&self) -> bool {
+        self.at_least_for(self.ttl) && self.listening.load(Ordering::Relaxed)
     }
 
-    /// The listener was not listening (start, reconnect): peers may exist unheard.
-    fn deaf(&self) {
+    /// The listener (re)connected: peers may exist unheard.
+    fn listening(&self) {
         self.at_least_for(GRACE.min(self.ttl));
+        self.listening.store(true, Ordering::Relaxed);
+    }
+
+    /// The listener lost its connection.
+    fn deaf(&self) {
+        self.listening.store(false, Ordering::Relaxed);
     }
 
     /// Another node may be listening.
     fn any(&self) -> bool {
-        self.now_ms() < self.until.load(Ordering::Relaxed)
+        !self.listening.load(Ordering::Relaxed)
+            || self.now_ms() < self.until.load(Ordering::Relaxed)
     }
 }
 
@@ -164,6 +174,10 @@ const NOTIFY_SQL: &str = "SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p";
 /// Most payloads queued for sending; past it, payloads are dropped and the next
 /// statement tells the other nodes to look again (a resync).
 const BACKLOG: usize = 10_000;
+/// Longest wait for the events a notification names.
+const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
+/// How soon a resync follows a failed `NOTIFY` when nothing else is sent.
+const RESYNC_RETRY: Duration = Duration::from_millis(500);
 /// Most payloads one `NOTIFY` statement carries.
 const MAX_BATCH: usize = 256;
 /// Longest wait for one `NOTIFY` statement (or a connect) before it counts as failed.
@@ -234,14 +248,20 @@ async fn send_loop(
     hello.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut hello_sent = Some(hello_sent);
     loop {
+        let retry = lost.load(Ordering::Relaxed);
         tokio::select! {
             n = rx.recv_many(&mut batch, MAX_BATCH) => if n == 0 {
                 return;
             },
             _ = hello.tick() => batch.push(control_payload(&node, Control::Hello)),
+            // After a failed send, the resync goes out soon even if no write comes.
+            _ = tokio::time::sleep(RESYNC_RETRY), if retry => {}
         }
         if lost.swap(false, Ordering::Relaxed) {
             batch.push(control_payload(&node, Control::Resync));
+        }
+        if batch.is_empty() {
+            continue;
         }
         let mut sent = false;
         for _ in 0..2 {
@@ -336,7 +356,9 @@ async fn deliver(
     let sig = match serde_json::from_str::<Signal<'_>>(payload) {
         Ok(sig) if sig.n == node => return,
         Ok(sig) => {
-            peers.heard();
+            if peers.heard() {
+                let _ = answer.try_send(control_payload(node, Control::Resync));
+            }
             if sig.ask {
                 let _ = answer.try_send(control_payload(node, Control::Hello));
             }
@@ -353,9 +375,14 @@ async fn deliver(
     }
     let mut fx = sig.fx;
     if !sig.fetch.is_empty() {
-        match fetch_events(client, &sig.fetch).await {
-            Ok(events) => fx.events.extend(events),
-            Err(e) => tracing::warn!(error = %e, "could not read the events a notification names"),
+        // Bounded: a half-open connection must not hold up the listener (its ping
+        // notices that and reconnects); the events stay readable in `job_events`.
+        match tokio::time::timeout(FETCH_TIMEOUT, fetch_events(client, &sig.fetch)).await {
+            Ok(Ok(events)) => fx.events.extend(events),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "could not read the events a notification names")
+            }
+            Err(_) => tracing::warn!("reading the events a notification names timed out"),
         }
     }
     fx.apply(bus);
@@ -426,7 +453,7 @@ pub(crate) async fn run(
                 failing = false;
                 // Anything may have happened while we were not listening, and other
                 // nodes may have said hello: ask who is there.
-                peers.deaf();
+                peers.listening();
                 let _ = notifier.try_send(control_payload(&node, Control::Ask));
                 b.wake_all();
                 b.nudge_chores();
@@ -458,6 +485,7 @@ pub(crate) async fn run(
                         _ = &mut stopped => return,
                     }
                 }
+                peers.deaf();
                 // Drain whatever arrived before the connection ended.
                 while let Ok(payload) = rx.try_recv() {
                     let Some(b) = bus.upgrade() else { return };
@@ -485,5 +513,40 @@ pub(crate) async fn run(
             _ = &mut stopped => return,
         }
         backoff = (backoff * 2).min(Duration::from_secs(2));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Peers;
+    use std::time::Duration;
+
+    #[test]
+    fn peers_are_assumed_while_deaf_and_for_a_ttl_after_a_sign() {
+        let ttl = Duration::from_millis(60);
+        let peers = Peers::new(ttl);
+        // The listener has not connected yet: it cannot hear them, so it assumes them.
+        assert!(peers.any());
+        peers.listening();
+        assert!(peers.any(), "a grace after (re)connecting");
+        std::thread::sleep(ttl * 2);
+        assert!(!peers.any(), "alone once the grace is over");
+        assert!(
+            peers.heard(),
+            "the first sign after being alone asks for a resync"
+        );
+        assert!(peers.any());
+        assert!(!peers.heard(), "later signs do not");
+        std::thread::sleep(ttl * 2);
+        assert!(!peers.any());
+        peers.deaf();
+        assert!(
+            peers.any(),
+            "a listener that lost its connection assumes peers"
+        );
+        assert!(
+            !peers.heard(),
+            "no resync while deaf (the reconnect wakes everyone)"
+        );
     }
 }

@@ -331,6 +331,13 @@ async fn a_write_whose_notification_fails_is_answered_as_committed() {
     tokio::spawn(conn);
     let refused = mute.batch_execute("SELECT pg_notify('vow', 'x')").await;
     assert!(refused.is_err(), "pg_notify was allowed");
+    // Another node says hello (the superuser may notify), so the store has a peer to
+    // notify, and tries.
+    admin
+        .batch_execute(r#"SELECT pg_notify('vow', '{"n":"elsewhere","h":true}')"#)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
 
     let t = tenant(&store, "acme").await;
     let job = insert_one(&store, &t, "q", T0).await;
