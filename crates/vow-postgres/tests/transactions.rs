@@ -445,7 +445,8 @@ async fn a_failing_last_statement_sent_with_its_commit_commits_nothing() {
     assert_eq!(leased[0].attempt, 1);
 }
 
-/// An enqueue's and an ack's last writes go out with the `COMMIT` in one round trip. They must all be inside the transaction, also on a connection that has
+/// An enqueue's, an ack's and a cancel's last writes go out with the `COMMIT` in one
+/// round trip. They must all be inside the transaction, also on a connection that has
 /// not prepared them yet (a statement sent after its `Parse` round trip would land
 /// behind the `COMMIT`, in a transaction of its own): every row carries the same xmin.
 #[tokio::test]
@@ -477,29 +478,40 @@ async fn an_acks_writes_sent_with_its_commit_are_one_transaction() {
             .unwrap();
         let (q, e): (String, String) = (row.get(0), row.get(1));
         assert_eq!(q, e, "queue row and enqueued event");
-        let leased = lease(&store, &t, "q", 1, None, T0).await;
-        let done = store
-            .job_ack_many(JobAckMany {
-                tenant_id: t.clone(),
-                items: vec![AckItem::Complete {
+        // Round 0 acks (lease first), round 1 cancels: both end with one round trip.
+        let (state, kind) = if round == 0 {
+            let leased = lease(&store, &t, "q", 1, None, T0).await;
+            let done = store
+                .job_ack_many(JobAckMany {
+                    tenant_id: t.clone(),
+                    items: vec![AckItem::Complete {
+                        id: job.id.clone(),
+                        lease_id: leased[0].lease_id.clone().unwrap(),
+                        result: None,
+                    }],
+                    now: T0,
+                })
+                .await
+                .unwrap();
+            (done[0].as_ref().unwrap().state, "completed")
+        } else {
+            let cancelled = store
+                .job_cancel(&JobCancel {
+                    tenant_id: t.clone(),
                     id: job.id.clone(),
-                    lease_id: leased[0].lease_id.clone().unwrap(),
-                    result: None,
-                }],
-                now: T0,
-            })
-            .await
-            .unwrap();
-        assert_eq!(
-            done[0].as_ref().unwrap().state,
-            vow_core::JobState::Completed
-        );
+                    now: T0,
+                })
+                .await
+                .unwrap();
+            (cancelled.state, "cancelled")
+        };
+        assert_eq!(state.as_str(), kind);
         let row = admin
             .query_one(
                 "SELECT j.xmin::text, e.xmin::text, d.xmin::text FROM jobs j \
-                 JOIN job_events e ON e.job_id = j.id AND e.kind = 'completed' \
+                 JOIN job_events e ON e.job_id = j.id AND e.kind = $2 \
                  JOIN deliveries d ON d.job_id = j.id WHERE j.id = $1",
-                &[&job.id.as_str()],
+                &[&job.id.as_str(), &kind],
             )
             .await
             .unwrap();
