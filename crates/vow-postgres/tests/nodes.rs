@@ -12,6 +12,7 @@ use vow_core::{JobState, QueueName, TenantId, Timestamp};
 use vow_postgres::testing::{Cluster, TestDb};
 use vow_postgres::PgStore;
 use vow_store::{AckItem, JobAckMany, JobInsertMany, JobLease, Store, StoreError, TenantInsert};
+use vow_store_conformance::fixtures::complete;
 
 const T0: Timestamp = Timestamp(1_767_225_600_000);
 
@@ -50,6 +51,24 @@ fn enqueue(t: &TenantId, q: &QueueName, n: usize) -> JobInsertMany {
         jobs,
         now: T0,
     }
+}
+
+/// The next event of `job` on a bus subscription; fails with `what` after 2 s.
+async fn next_event_of(
+    rx: &mut tokio::sync::broadcast::Receiver<Arc<vow_store::BusEvent>>,
+    job: &vow_core::JobId,
+    what: &str,
+) -> Arc<vow_store::BusEvent> {
+    tokio::time::timeout(Duration::from_secs(2), async {
+        loop {
+            let ev = rx.recv().await.unwrap();
+            if ev.event.job_id == *job {
+                return ev;
+            }
+        }
+    })
+    .await
+    .expect(what)
 }
 
 /// Waits until `node`'s listener is connected: a notification from `other` arrives.
@@ -114,27 +133,14 @@ async fn an_enqueue_on_one_node_wakes_a_lease_and_a_waiter_on_another() {
     assert_eq!(leased[0].id, job.id);
     // b heard of the enqueue from a; a hears of the lease from b; both with the stored seq.
     let stored = a.job_event_list(&t, &job.id).await.unwrap();
-    let got = tokio::time::timeout(Duration::from_secs(2), async {
-        loop {
-            let ev = events.recv().await.unwrap();
-            if ev.event.job_id == job.id {
-                return ev;
-            }
-        }
-    })
-    .await
-    .expect("a's enqueued event reaches b");
+    let got = next_event_of(&mut events, &job.id, "a's enqueued event reaches b").await;
     assert_eq!(got.event, stored[0]);
-    let got = tokio::time::timeout(Duration::from_secs(2), async {
-        loop {
-            let ev = a_events.recv().await.unwrap();
-            if ev.event.job_id == job.id {
-                return ev;
-            }
-        }
-    })
-    .await
-    .expect("b's leased event reaches a (once: from b's NOTIFY)");
+    let got = next_event_of(
+        &mut a_events,
+        &job.id,
+        "b's leased event reaches a (once: from b's NOTIFY)",
+    )
+    .await;
     assert_eq!(got.event, stored[1]);
     assert_eq!(got.event.to_state, JobState::Running);
 
@@ -158,16 +164,12 @@ async fn an_enqueue_on_one_node_wakes_a_lease_and_a_waiter_on_another() {
         .unwrap();
     assert_eq!(done[0].as_ref().unwrap().state, JobState::Dead);
     let stored = a.job_event_list(&t, &job.id).await.unwrap();
-    let got = tokio::time::timeout(Duration::from_secs(2), async {
-        loop {
-            let ev = a_events.recv().await.unwrap();
-            if ev.event.job_id == job.id {
-                return ev;
-            }
-        }
-    })
-    .await
-    .expect("b's oversized failure event reaches a");
+    let got = next_event_of(
+        &mut a_events,
+        &job.id,
+        "b's oversized failure event reaches a",
+    )
+    .await;
     assert_eq!(got.event, stored[2]);
     assert_eq!(got.event.to_state, JobState::Dead);
     assert!(got
@@ -208,19 +210,7 @@ async fn a_nodes_events_reach_the_others_in_the_order_it_answered_them() {
             .await
             .unwrap();
         let job = &leased[0];
-        a.job_ack_many(JobAckMany {
-            tenant_id: t.clone(),
-            items: vec![AckItem::Complete {
-                id: job.id.clone(),
-                lease_id: job.lease_id.clone().unwrap(),
-                result: None,
-            }],
-            now: T0,
-        })
-        .await
-        .unwrap()[0]
-            .as_ref()
-            .unwrap();
+        complete(&*a, &t, job, T0).await;
         for ev in a.job_event_list(&t, &job.id).await.unwrap() {
             answered.push(ev.seq);
         }

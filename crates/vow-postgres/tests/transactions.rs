@@ -11,7 +11,9 @@ use serde_json::json;
 use vow_postgres::testing::{Cluster, TestDb};
 use vow_postgres::PgStore;
 use vow_store::*;
-use vow_store_conformance::fixtures::{insert, insert_one, lease, new_job, tenant, DynStore, T0};
+use vow_store_conformance::fixtures::{
+    complete, insert, insert_one, lease, new_job, tenant, DynStore, T0,
+};
 
 async fn db() -> TestDb {
     tokio::task::spawn_blocking(|| Cluster::shared().database())
@@ -343,22 +345,8 @@ async fn a_write_whose_notification_fails_is_answered_as_committed() {
     let job = insert_one(&store, &t, "q", T0).await;
     let leased = lease(&store, &t, "q", 1, None, T0).await;
     assert_eq!(leased[0].id, job.id);
-    let done = store
-        .job_ack_many(JobAckMany {
-            tenant_id: t.clone(),
-            items: vec![AckItem::Complete {
-                id: job.id.clone(),
-                lease_id: leased[0].lease_id.clone().unwrap(),
-                result: None,
-            }],
-            now: T0,
-        })
-        .await
-        .unwrap();
-    assert_eq!(
-        done[0].as_ref().unwrap().state,
-        vow_core::JobState::Completed
-    );
+    let done = complete(&*store, &t, &leased[0], T0).await;
+    assert_eq!(done.state, vow_core::JobState::Completed);
     let stored = store.job_get(&t, &job.id).await.unwrap().unwrap();
     assert_eq!(stored.state, vow_core::JobState::Completed);
 
@@ -481,19 +469,10 @@ async fn an_acks_writes_sent_with_its_commit_are_one_transaction() {
         // Round 0 acks (lease first), round 1 cancels: both end with one round trip.
         let (state, kind) = if round == 0 {
             let leased = lease(&store, &t, "q", 1, None, T0).await;
-            let done = store
-                .job_ack_many(JobAckMany {
-                    tenant_id: t.clone(),
-                    items: vec![AckItem::Complete {
-                        id: job.id.clone(),
-                        lease_id: leased[0].lease_id.clone().unwrap(),
-                        result: None,
-                    }],
-                    now: T0,
-                })
-                .await
-                .unwrap();
-            (done[0].as_ref().unwrap().state, "completed")
+            (
+                complete(&*store, &t, &leased[0], T0).await.state,
+                "completed",
+            )
         } else {
             let cancelled = store
                 .job_cancel(&JobCancel {

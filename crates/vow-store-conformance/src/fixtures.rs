@@ -7,7 +7,7 @@ use vow_core::api::EnqueueRequest;
 use vow_core::job::NewJob;
 use vow_core::limits::Limits;
 use vow_core::{Job, QueueName, TenantId, TenantName, Timestamp};
-use vow_store::{Inserted, JobInsertMany, JobLease, Store, TenantInsert};
+use vow_store::{AckItem, Inserted, JobAckMany, JobInsertMany, JobLease, Store, TenantInsert};
 
 /// The time every case starts at.
 pub const T0: Timestamp = Timestamp(1_767_225_600_000);
@@ -89,5 +89,24 @@ pub async fn lease(
             now,
         })
         .await
+        .unwrap()
+}
+
+/// Completes a leased job (under the lease it holds) at `now`.
+pub async fn complete(store: &dyn Store, tenant: &TenantId, job: &Job, now: Timestamp) -> Job {
+    let lease_id = job.lease_id.clone().expect("a leased job");
+    store
+        .job_ack_many(JobAckMany {
+            tenant_id: tenant.clone(),
+            items: vec![AckItem::Complete {
+                id: job.id.clone(),
+                lease_id,
+                result: None,
+            }],
+            now,
+        })
+        .await
+        .unwrap()
+        .remove(0)
         .unwrap()
 }
