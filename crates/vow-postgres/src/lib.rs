@@ -358,10 +358,11 @@ impl PgStore {
 
 /// A write transaction on a pooled connection, begun without a round trip of its own:
 /// `BEGIN` is sent right before the body's first statement (tokio-postgres pipelines
-/// requests polled together). Dropped
-/// before it ends (the body failed, or the call timed out), it rolls back: after an
-/// error, with a `ROLLBACK`; if cancelled mid-flight, the connection is taken out of the
-/// pool and closed, so nobody inherits an open transaction.
+/// requests polled together); the body may send the `COMMIT` with its last statement
+/// ([`jobs::query_and_commit`]). Dropped before it ends (the body failed, or the call
+/// timed out), it rolls back: after an error, with a `ROLLBACK`; if cancelled
+/// mid-flight, the connection is taken out of the pool and closed, so nobody inherits
+/// an open transaction.
 struct WriteTx {
     conn: Option<deadpool_postgres::Object>,
 }
@@ -449,30 +450,24 @@ macro_rules! write_tx {
                         let $tx = tx.client();
                         tx.run(async { $body }).await
                     };
-                    match out {
-                        Ok(out) => {
-                            if effects.committed {
-                                tx.committed();
-                            } else {
-                                tx.commit().await?;
-                            }
-                            $store.notifier.send(&$store.node, &effects);
-                            std::mem::take(&mut effects).apply(&$store.bus);
-                            Ok(out)
-                        }
-                        Err(e) => {
-                            if effects.committed {
-                                // The body committed, then refused (a transition by id
-                                // that was not allowed): whatever it wrote is durable.
-                                $store.notifier.send(&$store.node, &effects);
-                                std::mem::take(&mut effects).apply(&$store.bus);
-                                tx.committed();
-                            } else {
-                                tx.rollback().await;
-                            }
-                            Err(e)
-                        }
+                    // Committed by the body with its last statement, by us, or not at all.
+                    let durable = if effects.committed {
+                        tx.committed();
+                        true
+                    } else if out.is_ok() {
+                        tx.commit().await?;
+                        true
+                    } else {
+                        tx.rollback().await;
+                        false
+                    };
+                    if durable {
+                        // A body may commit, then refuse (a transition by id that was
+                        // not allowed): whatever it wrote is durable all the same.
+                        $store.notifier.send(&$store.node, &effects);
+                        effects.apply(&$store.bus);
                     }
+                    out
                 })
                 .await;
             match r {
