@@ -7,9 +7,9 @@
 //! the transaction has committed, so a node never hears of a change that is not durable.
 //! The notifier sends them on a connection of its own, in the order the commits were
 //! answered here, many transactions' payloads to one statement when writes come faster
-//! than one round trip (see the crate's docs on why not inside the writing transaction). An
-//! event too large for a payload (a failure's message may hold 16 KiB) travels as its
-//! sequence number, and the listeners read it back from `job_events`. Each payload
+//! than one round trip (the crate's docs say why not inside the writing transaction).
+//! An event too large for a payload (a failure's message may hold 16 KiB) travels as
+//! its sequence number, and the listeners read it back from `job_events`. Each payload
 //! carries the sender's node id; a node ignores its own (it already published them
 //! locally, right after the commit).
 //!
@@ -195,9 +195,9 @@ pub(crate) struct Notifier {
 }
 
 impl Notifier {
-    /// Starts the sending task, which first says hello (`hello_sent` fires once it has
-    /// been sent, or has failed); the task ends once the notifier is dropped and its
-    /// queue is sent.
+    /// Starts the sending task, which first says hello (the receiver returned fires once
+    /// that has been sent, or has failed); the task ends once the notifier and the
+    /// listener are gone and the queue is sent.
     pub(crate) fn start(
         config: tokio_postgres::Config,
         node: Arc<str>,
