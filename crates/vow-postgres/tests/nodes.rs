@@ -71,6 +71,32 @@ async fn next_event_of(
     .expect(what)
 }
 
+/// Two nodes on a fresh database, each listening, and a tenant.
+async fn two_listening_nodes() -> (TestDb, Arc<PgStore>, Arc<PgStore>, TenantId) {
+    let db = tokio::task::spawn_blocking(|| Cluster::shared().database())
+        .await
+        .unwrap();
+    let (a, b) = (node(&db).await, node(&db).await);
+    let t = tenant(&a).await;
+    until_listening(&b, &a, &t).await;
+    until_listening(&a, &b, &t).await;
+    (db, a, b, t)
+}
+
+/// Leases one job of `q` at `T0`.
+async fn lease_one(node: &PgStore, t: &TenantId, q: &QueueName) -> Vec<vow_core::Job> {
+    node.job_lease(&JobLease {
+        tenant_id: t.clone(),
+        queue: q.clone(),
+        worker_id: "w".into(),
+        max_jobs: 1,
+        lease_ms: None,
+        now: T0,
+    })
+    .await
+    .unwrap()
+}
+
 /// Waits until `node`'s listener is connected: a notification from `other` arrives.
 async fn until_listening(node: &PgStore, other: &PgStore, t: &TenantId) {
     let probe: QueueName = "probe".parse().unwrap();
@@ -93,12 +119,7 @@ async fn until_listening(node: &PgStore, other: &PgStore, t: &TenantId) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_enqueue_on_one_node_wakes_a_lease_and_a_waiter_on_another() {
-    let db = tokio::task::spawn_blocking(|| Cluster::shared().database())
-        .await
-        .unwrap();
-    let (a, b) = (node(&db).await, node(&db).await);
-    let t = tenant(&a).await;
-    until_listening(&b, &a, &t).await;
+    let (_db, a, b, t) = two_listening_nodes().await;
     let q: QueueName = "q".parse().unwrap();
     let mut events = b.bus().subscribe();
     let waiter = b.bus().queue_waiter(&t, &q);
@@ -119,17 +140,7 @@ async fn an_enqueue_on_one_node_wakes_a_lease_and_a_waiter_on_another() {
     );
     // Node b leases it, node a sees the `leased` event on its bus.
     let mut a_events = a.bus().subscribe();
-    let leased = b
-        .job_lease(&JobLease {
-            tenant_id: t.clone(),
-            queue: q.clone(),
-            worker_id: "w".into(),
-            max_jobs: 1,
-            lease_ms: None,
-            now: T0,
-        })
-        .await
-        .unwrap();
+    let leased = lease_one(&b, &t, &q).await;
     assert_eq!(leased[0].id, job.id);
     // b heard of the enqueue from a; a hears of the lease from b; both with the stored seq.
     let stored = a.job_event_list(&t, &job.id).await.unwrap();
@@ -186,29 +197,14 @@ async fn an_enqueue_on_one_node_wakes_a_lease_and_a_waiter_on_another() {
 /// every event of every job, in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_nodes_events_reach_the_others_in_the_order_it_answered_them() {
-    let db = tokio::task::spawn_blocking(|| Cluster::shared().database())
-        .await
-        .unwrap();
-    let (a, b) = (node(&db).await, node(&db).await);
-    let t = tenant(&a).await;
-    until_listening(&b, &a, &t).await;
+    let (_db, a, b, t) = two_listening_nodes().await;
     let q: QueueName = "ordered".parse().unwrap();
     let mut heard = b.bus().subscribe();
     let n = 40;
     a.job_insert_many(enqueue(&t, &q, n)).await.unwrap();
     let mut answered = Vec::new();
     for _ in 0..n {
-        let leased = a
-            .job_lease(&JobLease {
-                tenant_id: t.clone(),
-                queue: q.clone(),
-                worker_id: "w".into(),
-                max_jobs: 1,
-                lease_ms: None,
-                now: T0,
-            })
-            .await
-            .unwrap();
+        let leased = lease_one(&a, &t, &q).await;
         let job = &leased[0];
         complete(&*a, &t, job, T0).await;
         for ev in a.job_event_list(&t, &job.id).await.unwrap() {
