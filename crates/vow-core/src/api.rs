@@ -177,7 +177,8 @@ impl EnqueueRequest {
             &metadata,
             limits.max_payload_bytes.min(64 * 1024),
         )?;
-        let payload = serde_json::to_string(&self.payload).unwrap_or_default();
+        let payload_value = self.payload;
+        let payload = serde_json::to_string(&payload_value).unwrap_or_default();
         if payload.len() > limits.max_payload_bytes {
             return Err(ValidationError::TooLarge {
                 what: "payload".into(),
@@ -196,6 +197,7 @@ impl EnqueueRequest {
             group: self.group,
             max_attempts,
             payload,
+            payload_value,
             run_at,
             timeout_ms,
             backoff,

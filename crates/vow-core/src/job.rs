@@ -198,8 +198,11 @@ pub struct NewJob {
     pub group: Option<GroupKey>,
     /// Attempts before `dead`.
     pub max_attempts: u32,
-    /// Payload, already serialized (and size-checked).
+    /// Payload, already serialized (and size-checked): what the store keeps.
     pub payload: String,
+    /// The same payload as decoded from the request: what the new job is answered with,
+    /// so that the store never parses `payload` back.
+    pub payload_value: Value,
     /// Not leased before this.
     pub run_at: Timestamp,
     /// Default lease length.
@@ -228,18 +231,23 @@ pub struct Idempotency {
 }
 
 impl NewJob {
-    /// The job record this insert creates, as of `now`.
+    /// The job record this insert creates, as of `now` (a copy; see [`NewJob::into_job`]).
     pub fn to_job(&self, tenant_id: &TenantId, queue: &QueueName, now: Timestamp) -> Job {
+        self.clone().into_job(tenant_id, queue, now)
+    }
+
+    /// The job record this insert creates, as of `now`.
+    pub fn into_job(self, tenant_id: &TenantId, queue: &QueueName, now: Timestamp) -> Job {
         Job {
-            id: self.id.clone(),
+            id: self.id,
             tenant_id: tenant_id.clone(),
             queue: queue.clone(),
             state: self.state,
             priority: self.priority,
-            group: self.group.clone(),
+            group: self.group,
             attempt: 0,
             max_attempts: self.max_attempts,
-            payload: serde_json::from_str(&self.payload).unwrap_or(Value::Null),
+            payload: self.payload_value,
             result: None,
             last_error: None,
             progress: None,
@@ -247,15 +255,15 @@ impl NewJob {
             created_at: now,
             started_at: None,
             finished_at: None,
-            tags: self.tags.clone(),
-            metadata: self.metadata.clone(),
+            tags: self.tags,
+            metadata: self.metadata,
             timeout_ms: self.timeout_ms,
             backoff: self.backoff,
-            callback_url: self.callback_url.clone(),
+            callback_url: self.callback_url,
             lease_id: None,
             lease_expires_at: None,
             worker_id: None,
-            traceparent: self.traceparent.clone(),
+            traceparent: self.traceparent,
         }
     }
 }

@@ -512,8 +512,7 @@ async fn insert_jobs(
         };
         let seqs: HashMap<String, i64> = rows.iter().map(|r| (r.get(1), r.get(0))).collect();
         for new in &fresh {
-            let job = new.to_job(&p.tenant_id, &p.queue, p.now);
-            match job.state {
+            match new.state {
                 JobState::Available => fx.wake.push((p.tenant_id.clone(), p.queue.clone())),
                 JobState::Scheduled => fx.nudge_chores = true,
                 _ => {}
@@ -521,12 +520,12 @@ async fn insert_jobs(
             fx.events.push((
                 p.tenant_id.clone(),
                 JobEventView {
-                    seq: seqs.get(job.id.as_str()).copied().unwrap_or_default(),
-                    job_id: job.id.clone(),
-                    queue: job.queue.clone(),
+                    seq: seqs.get(new.id.as_str()).copied().unwrap_or_default(),
+                    job_id: new.id.clone(),
+                    queue: p.queue.clone(),
                     kind: EventKind::Enqueued,
                     from_state: None,
-                    to_state: job.state,
+                    to_state: new.state,
                     attempt: 0,
                     at: p.now,
                     detail: None,
