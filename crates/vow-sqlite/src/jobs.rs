@@ -107,7 +107,7 @@ pub(crate) fn insert_many(
         )
         .map_err(internal)?;
     let mut out = Vec::with_capacity(p.jobs.len());
-    for new in &p.jobs {
+    for new in p.jobs {
         if let Some(idem) = &new.idempotency {
             let existing: Option<(String, Option<String>)> = c
                 .prepare_cached(
@@ -158,7 +158,7 @@ pub(crate) fn insert_many(
                 new.idempotency.as_ref().map(|i| i.request_hash.as_str()),
             ])
             .map_err(internal)?;
-        let job = new.to_job(&p.tenant_id, &p.queue, p.now);
+        let job = new.into_job(&p.tenant_id, &p.queue, p.now);
         record(c, fx, &job, EventKind::Enqueued, None, p.now)?;
         out.push(Inserted { job, created: true });
     }
@@ -314,8 +314,22 @@ pub(crate) fn prune(c: &Connection, p: &JobPrune) -> StoreResult<Pruned> {
              ORDER BY finished_at LIMIT ?3",
         )
         .map_err(internal)?;
+    // The row holding the highest `seq` is never deleted: a new event's `seq` is
+    // `MAX(seq) + 1`, which would hand a deleted one out again (to an SSE client
+    // resuming after it, say). A pruned job's event there becomes a placeholder that no
+    // tenant reads, deleted once a newer event exists (schema 4).
     let mut del_events = c
-        .prepare_cached("DELETE FROM job_events WHERE job_id = ?1")
+        .prepare_cached(
+            "DELETE FROM job_events WHERE job_id = ?1 \
+             AND seq < (SELECT MAX(seq) FROM job_events)",
+        )
+        .map_err(internal)?;
+    let mut blank_last = c
+        .prepare_cached(
+            "UPDATE job_events SET tenant_id = '', job_id = '', queue = '', kind = 'placeholder', \
+             from_state = NULL, to_state = '', attempt = 0, at = 0, detail = NULL \
+             WHERE job_id = ?1",
+        )
         .map_err(internal)?;
     let mut del_job = c
         .prepare_cached("DELETE FROM jobs WHERE seq = ?1")
@@ -334,9 +348,15 @@ pub(crate) fn prune(c: &Connection, p: &JobPrune) -> StoreResult<Pruned> {
             .map_err(internal)?;
         for (seq, id) in doomed {
             out.events += del_events.execute([&id]).map_err(internal)?;
+            out.events += blank_last.execute([&id]).map_err(internal)?;
             out.jobs += del_job.execute([seq]).map_err(internal)?;
         }
     }
+    c.prepare_cached(
+        "DELETE FROM job_events WHERE job_id = '' AND seq < (SELECT MAX(seq) FROM job_events)",
+    )
+    .and_then(|mut s| s.execute([]))
+    .map_err(internal)?;
     out.deliveries = crate::notices::prune(c, p, p.limit.saturating_sub(out.jobs))?;
     Ok(out)
 }

@@ -93,27 +93,29 @@ pub(crate) fn job_from_row(row: &Row<'_>) -> rusqlite::Result<Job> {
     })
 }
 
+fn job_load_sql() -> String {
+    format!("SELECT {JOB_COLS} FROM jobs WHERE id = ?1 AND tenant_id = ?2")
+}
+
+/// [`job_save`]'s statement.
+const JOB_SAVE: &str = "UPDATE jobs SET state = ?2, attempt = ?3, result = ?4, last_error = ?5, \
+     progress = ?6, run_at = ?7, started_at = ?8, finished_at = ?9, lease_id = ?10, \
+     lease_expires_at = ?11, worker_id = ?12 WHERE tenant_id = ?13 AND id = ?1";
+
 /// One job of a tenant.
 pub(crate) fn job_load(
     c: &Connection,
     tenant: &TenantId,
     id: &JobId,
 ) -> rusqlite::Result<Option<Job>> {
-    c.prepare_cached(&format!(
-        "SELECT {JOB_COLS} FROM jobs WHERE id = ?1 AND tenant_id = ?2"
-    ))?
-    .query_row(params![id.as_str(), tenant.as_str()], job_from_row)
-    .optional()
+    c.prepare_cached(&job_load_sql())?
+        .query_row(params![id.as_str(), tenant.as_str()], job_from_row)
+        .optional()
 }
 
 /// Writes back every column a transition may change.
 pub(crate) fn job_save(c: &Connection, j: &Job) -> rusqlite::Result<()> {
-    c.prepare_cached(
-        "UPDATE jobs SET state = ?2, attempt = ?3, result = ?4, last_error = ?5, progress = ?6, \
-         run_at = ?7, started_at = ?8, finished_at = ?9, lease_id = ?10, lease_expires_at = ?11, \
-         worker_id = ?12 WHERE id = ?1",
-    )?
-    .execute(params![
+    c.prepare_cached(JOB_SAVE)?.execute(params![
         j.id.as_str(),
         j.state.as_str(),
         j.attempt,
@@ -126,6 +128,7 @@ pub(crate) fn job_save(c: &Connection, j: &Job) -> rusqlite::Result<()> {
         j.lease_id.as_ref().map(|l| l.as_str()),
         j.lease_expires_at.map(|t| t.0),
         j.worker_id,
+        j.tenant_id.as_str(),
     ])?;
     Ok(())
 }
@@ -187,4 +190,30 @@ pub(crate) fn event_from_row(row: &Row<'_>) -> rusqlite::Result<JobEventView> {
         at: Timestamp(row.get(7)?),
         detail: json_opt(row, 8)?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Loading and saving a job by id walk the one unique index on `(tenant_id, id)`:
+    /// with the tenant left out, either would scan every job.
+    #[test]
+    fn lookups_by_id_use_the_tenant_index() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        crate::schema::migrate(&mut conn).unwrap();
+        for sql in [job_load_sql(), JOB_SAVE.to_owned()] {
+            let mut explain = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+            let mut rows = explain.raw_query();
+            let mut plan: Vec<String> = Vec::new();
+            while let Some(row) = rows.next().unwrap() {
+                plan.push(row.get(3).unwrap());
+            }
+            assert_eq!(
+                plan,
+                ["SEARCH jobs USING INDEX jobs_tenant (tenant_id=? AND id=?)"],
+                "{sql}"
+            );
+        }
+    }
 }

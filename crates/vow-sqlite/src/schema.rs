@@ -11,6 +11,7 @@ pub const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../migrations/0001_init.sql")),
     (2, include_str!("../migrations/0002_webhooks.sql")),
     (3, include_str!("../migrations/0003_retention.sql")),
+    (4, include_str!("../migrations/0004_fewer_btrees.sql")),
 ];
 
 pub(crate) fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
@@ -52,4 +53,92 @@ pub(crate) fn check(conn: &Connection) -> Result<(), String> {
         return Err(format!("schema at {max:?}, binary needs {want:?}"));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Schema 4 rebuilds `jobs` and `job_events`: rows survive as they were, and the
+    /// highest event `seq` ever handed out stays taken even when its event was deleted.
+    #[test]
+    fn schema_4_keeps_rows_and_the_event_high_water_mark() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(
+            "CREATE TABLE schema_migrations (
+                version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)",
+        )
+        .unwrap();
+        for (version, sql) in &MIGRATIONS[..3] {
+            conn.execute_batch(sql).unwrap();
+            conn.execute(
+                "INSERT INTO schema_migrations (version, applied_at) VALUES (?1, 0)",
+                [version],
+            )
+            .unwrap();
+        }
+        for i in 1..=3 {
+            conn.execute(
+                "INSERT INTO jobs (id, tenant_id, queue, state, priority, max_attempts, payload, \
+                 run_at, created_at, tags, metadata, timeout_ms, backoff) \
+                 VALUES (?1, 't', 'q', 'available', 5, 25, '{}', 0, 0, '[]', '{}', 1000, '{}')",
+                [format!("job_{i}")],
+            )
+            .unwrap();
+            conn.execute(
+                "INSERT INTO job_events (tenant_id, job_id, queue, kind, to_state, attempt, at) \
+                 VALUES ('t', ?1, 'q', 'enqueued', 'available', 0, 0)",
+                [format!("job_{i}")],
+            )
+            .unwrap();
+        }
+        // The newest event is gone (schema 3's pruning did that): seq 3 was handed out.
+        conn.execute("DELETE FROM job_events WHERE seq = 3", [])
+            .unwrap();
+
+        migrate(&mut conn).unwrap();
+        check(&conn).unwrap();
+        let jobs: Vec<(i64, String)> = conn
+            .prepare("SELECT seq, id FROM jobs ORDER BY seq")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(
+            jobs,
+            [
+                (1, "job_1".into()),
+                (2, "job_2".into()),
+                (3, "job_3".into())
+            ]
+        );
+        let seqs: Vec<(i64, String)> = conn
+            .prepare("SELECT seq, tenant_id FROM job_events ORDER BY seq")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(
+            seqs,
+            [(1, "t".into()), (2, "t".into()), (3, String::new())],
+            "seq 3 is held by a placeholder no tenant reads"
+        );
+        conn.execute(
+            "INSERT INTO job_events (tenant_id, job_id, queue, kind, to_state, attempt, at) \
+             VALUES ('t', 'job_4', 'q', 'enqueued', 'available', 0, 0)",
+            [],
+        )
+        .unwrap();
+        assert_eq!(conn.last_insert_rowid(), 4);
+        // One unique index serves lookups by id, always with the tenant.
+        let dup = conn.execute(
+            "INSERT INTO jobs (id, tenant_id, queue, state, priority, max_attempts, payload, \
+             run_at, created_at, tags, metadata, timeout_ms, backoff) \
+             VALUES ('job_1', 't', 'q', 'available', 5, 25, '{}', 0, 0, '[]', '{}', 1000, '{}')",
+            [],
+        );
+        assert!(dup.is_err(), "a job id is unique within its tenant");
+    }
 }

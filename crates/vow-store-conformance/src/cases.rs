@@ -438,6 +438,61 @@ async fn finished(
     job.id
 }
 
+/// Event `seq`s only grow, even when pruning takes every job, the one holding the newest
+/// event included: a reused `seq` would make an SSE client resuming after it skip events.
+/// Nothing of a pruned job's events is visible to any tenant afterwards.
+pub async fn event_seqs_are_never_reused(store: DynStore) {
+    let a = tenant(&store, "a").await;
+    let b = tenant(&store, "b").await;
+    let replay = |t: &vow_core::TenantId| {
+        let store = store.clone();
+        let p = JobEventListSince {
+            tenant_id: t.clone(),
+            after: 0,
+            queue: None,
+            job_id: None,
+            limit: 100,
+        };
+        async move { store.job_event_list_since(&p).await.unwrap() }
+    };
+    let mut newest = 0;
+    for round in 0..3 {
+        let at = T0.plus_ms(round * 1_000);
+        let done = finished(&store, &a, "q", End::Complete, at).await;
+        let seqs: Vec<i64> = store
+            .job_event_list(&a, &done)
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| e.seq)
+            .collect();
+        assert_eq!(seqs.len(), 3, "enqueued, leased, completed");
+        assert!(seqs[0] > newest, "round {round}: {seqs:?} after {newest}");
+        newest = seqs[2];
+        let pruned = store
+            .job_prune(&JobPrune {
+                completed_before: Some(at.plus_ms(1)),
+                cancelled_before: None,
+                dead_before: None,
+                limit: 100,
+            })
+            .await
+            .unwrap();
+        assert_eq!((pruned.jobs, pruned.events), (1, 3), "round {round}");
+        assert_eq!(
+            replay(&a).await,
+            [],
+            "round {round}: a pruned job's events are gone"
+        );
+        assert_eq!(replay(&b).await, []);
+    }
+    let next = insert_one(&store, &a, "q", T0.plus_ms(5_000)).await;
+    let events = replay(&a).await;
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].job_id, next.id);
+    assert!(events[0].seq > newest, "{} after {newest}", events[0].seq);
+}
+
 /// Pruning deletes, in bounded batches, only finished jobs older than their state's
 /// cut-off (all tenants), with their events and idempotency keys.
 pub async fn prune_finished_jobs(store: DynStore) {

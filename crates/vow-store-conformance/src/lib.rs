@@ -29,6 +29,7 @@ macro_rules! suite {
             failures_backoff_dead_and_retry,
             reaper_expires_leases,
             prune_finished_jobs,
+            event_seqs_are_never_reused,
             ack_many_reports_per_item,
             cancel_semantics,
             events_and_bus,
