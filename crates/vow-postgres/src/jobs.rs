@@ -15,6 +15,7 @@ use serde_json::json;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
 use vow_core::api::{JobEventView, Page};
+use vow_core::job::NewJob;
 use vow_core::machine::{apply, EventKind, Op, Refusal};
 use vow_core::notice::NoticeType;
 use vow_core::retry::jitter;
@@ -58,6 +59,21 @@ pub(crate) async fn query_and_commit(
     commit.map_err(pg_err)?;
     fx.committed = true;
     Ok(rows)
+}
+
+/// Runs one statement outside any transaction block, so that PostgreSQL commits it on
+/// its own, and returns its rows once that commit is done. PostgreSQL commits at the
+/// `Sync` that follows the statement and only then sends `ReadyForQuery`, which is what
+/// ends tokio-postgres's `query` (the rows may arrive before the commit: PostgreSQL
+/// flushes a full output buffer early). `a_plain_enqueue_is_answered_after_its_commit`
+/// holds both to that.
+pub(crate) async fn query_alone(
+    c: &impl GenericClient,
+    sql: &str,
+    params: &Params<'_>,
+) -> StoreResult<Vec<Row>> {
+    let st = c.prepare_cached(sql).await.map_err(pg_err)?;
+    c.query(&st, params).await.map_err(pg_err)
 }
 
 /// Runs a statement through the connection's statement cache.
@@ -441,97 +457,13 @@ async fn insert_jobs(
         fresh.push(new);
     }
     if !fresh.is_empty() {
-        let ids: Vec<&str> = fresh.iter().map(|j| j.id.as_str()).collect();
-        let states: Vec<&str> = fresh.iter().map(|j| j.state.as_str()).collect();
-        let prios: Vec<i16> = fresh.iter().map(|j| i16::from(j.priority)).collect();
-        let groups: Vec<Option<&str>> = fresh
-            .iter()
-            .map(|j| j.group.as_ref().map(|g| g.as_str()))
-            .collect();
-        let max_attempts: Vec<i32> = fresh.iter().map(|j| j.max_attempts as i32).collect();
-        let payloads: Vec<&str> = fresh.iter().map(|j| j.payload.as_str()).collect();
-        let run_at: Vec<i64> = fresh.iter().map(|j| j.run_at.0).collect();
-        let tags: Vec<String> = fresh.iter().map(|j| to_json(&j.tags)).collect();
-        let metadata: Vec<String> = fresh.iter().map(|j| to_json(&j.metadata)).collect();
-        let timeouts: Vec<i64> = fresh.iter().map(|j| j.timeout_ms as i64).collect();
-        let backoffs: Vec<String> = fresh.iter().map(|j| to_json(&j.backoff)).collect();
-        let callbacks: Vec<Option<&str>> =
-            fresh.iter().map(|j| j.callback_url.as_deref()).collect();
-        let traces: Vec<Option<&str>> = fresh.iter().map(|j| j.traceparent.as_deref()).collect();
-        let idem_keys: Vec<Option<&str>> = fresh
-            .iter()
-            .map(|j| j.idempotency.as_ref().map(|i| i.key.as_str()))
-            .collect();
-        let hashes: Vec<Option<&str>> = fresh
-            .iter()
-            .map(|j| j.idempotency.as_ref().map(|i| i.request_hash.as_str()))
-            .collect();
-        // Jobs and their `enqueued` events in one statement, one round trip; with the
-        // `COMMIT` when nothing is left to read after it (no repeated keys).
-        let last = !slots.iter().any(|s| matches!(s, Slot::Old(_)));
-        let insert = "WITH j AS ( \
-               INSERT INTO jobs (id, tenant_id, queue, state, priority, grp, max_attempts, payload, \
-                 run_at, created_at, tags, metadata, timeout_ms, backoff, callback_url, traceparent, \
-                 idempotency_key, request_hash) \
-               SELECT u.id, $1::text, $2::text, u.state, u.priority, u.grp, u.max_attempts, u.payload, \
-                 u.run_at, $3::int8, u.tags, u.metadata, u.timeout_ms, u.backoff, u.callback_url, \
-                 u.traceparent, u.idempotency_key, u.request_hash \
-               FROM unnest($4::text[], $5::text[], $6::int2[], $7::text[], $8::int4[], $9::text[], \
-                 $10::int8[], $11::text[], $12::text[], $13::int8[], $14::text[], $15::text[], \
-                 $16::text[], $17::text[], $18::text[]) \
-                 AS u(id, state, priority, grp, max_attempts, payload, run_at, tags, metadata, \
-                      timeout_ms, backoff, callback_url, traceparent, idempotency_key, request_hash) \
-               RETURNING id, state) \
-             INSERT INTO job_events (tenant_id, job_id, queue, kind, from_state, to_state, attempt, at) \
-             SELECT $1::text, j.id, $2::text, 'enqueued', NULL, j.state, 0, $3::int8 FROM j \
-             RETURNING seq, job_id";
-        let params: [&(dyn ToSql + Sync); 18] = [
-            &tenant,
-            &queue,
-            &p.now.0,
-            &ids,
-            &states,
-            &prios,
-            &groups,
-            &max_attempts,
-            &payloads,
-            &run_at,
-            &tags,
-            &metadata,
-            &timeouts,
-            &backoffs,
-            &callbacks,
-            &traces,
-            &idem_keys,
-            &hashes,
-        ];
-        let rows = if last {
-            query_and_commit(tx, fx, insert, &params).await?
+        // With the `COMMIT` when nothing is left to read after it (no repeated keys).
+        let how = if slots.iter().any(|s| matches!(s, Slot::Old(_))) {
+            InsertEnd::Open
         } else {
-            query(tx, insert, &params).await?
+            InsertEnd::Commit
         };
-        let seqs: HashMap<String, i64> = rows.iter().map(|r| (r.get(1), r.get(0))).collect();
-        for new in &fresh {
-            match new.state {
-                JobState::Available => fx.wake.push((p.tenant_id.clone(), p.queue.clone())),
-                JobState::Scheduled => fx.nudge_chores = true,
-                _ => {}
-            }
-            fx.events.push((
-                p.tenant_id.clone(),
-                JobEventView {
-                    seq: seqs.get(new.id.as_str()).copied().unwrap_or_default(),
-                    job_id: new.id.clone(),
-                    queue: p.queue.clone(),
-                    kind: EventKind::Enqueued,
-                    from_state: None,
-                    to_state: new.state,
-                    attempt: 0,
-                    at: p.now,
-                    detail: None,
-                },
-            ));
-        }
+        insert_rows(tx, fx, p, &fresh, how).await?;
     }
     // Existing jobs named by a repeated key, read back (those created above included).
     let old: Vec<&str> = slots
@@ -565,6 +497,152 @@ async fn insert_jobs(
                 .ok_or(StoreError::NotFound),
         })
         .collect()
+}
+
+/// Plain enqueue (no idempotency key): the queue's row, the jobs and their `enqueued`
+/// events in one statement, committed on its own, with no `BEGIN` and no `COMMIT` to
+/// send and answer.
+pub(crate) async fn insert_alone(
+    c: &impl GenericClient,
+    fx: &mut Effects,
+    p: &JobInsertMany,
+) -> StoreResult<Vec<Inserted>> {
+    let fresh: Vec<&NewJob> = p.jobs.iter().collect();
+    insert_rows(c, fx, p, &fresh, InsertEnd::Alone).await?;
+    Ok(p.jobs
+        .iter()
+        .map(|new| Inserted {
+            job: new.to_job(&p.tenant_id, &p.queue, p.now),
+            created: true,
+        })
+        .collect())
+}
+
+/// How [`insert_rows`]'s statement ends its transaction.
+enum InsertEnd {
+    /// It does not: more statements follow in the open transaction.
+    Open,
+    /// The open transaction's `COMMIT` goes out with it.
+    Commit,
+    /// There is no open transaction: the statement (which then writes the queue's row
+    /// too) is a transaction of its own.
+    Alone,
+}
+
+/// The jobs and their `enqueued` events: what [`INSERT_SQL`] and [`INSERT_ALONE_SQL`] share.
+macro_rules! jobs_and_events {
+    () => {
+        "j AS ( \
+           INSERT INTO jobs (id, tenant_id, queue, state, priority, grp, max_attempts, payload, \
+             run_at, created_at, tags, metadata, timeout_ms, backoff, callback_url, traceparent, \
+             idempotency_key, request_hash) \
+           SELECT u.id, $1::text, $2::text, u.state, u.priority, u.grp, u.max_attempts, u.payload, \
+             u.run_at, $3::int8, u.tags, u.metadata, u.timeout_ms, u.backoff, u.callback_url, \
+             u.traceparent, u.idempotency_key, u.request_hash \
+           FROM unnest($4::text[], $5::text[], $6::int2[], $7::text[], $8::int4[], $9::text[], \
+             $10::int8[], $11::text[], $12::text[], $13::int8[], $14::text[], $15::text[], \
+             $16::text[], $17::text[], $18::text[]) \
+             AS u(id, state, priority, grp, max_attempts, payload, run_at, tags, metadata, \
+                  timeout_ms, backoff, callback_url, traceparent, idempotency_key, request_hash) \
+           RETURNING id, state) \
+         INSERT INTO job_events (tenant_id, job_id, queue, kind, from_state, to_state, attempt, at) \
+         SELECT $1::text, j.id, $2::text, 'enqueued', NULL, j.state, 0, $3::int8 FROM j \
+         RETURNING seq, job_id"
+    };
+}
+
+/// [`insert_rows`] inside a transaction.
+const INSERT_SQL: &str = concat!("WITH ", jobs_and_events!());
+
+/// [`insert_rows`] alone: the queue's row ([`QUEUE_SQL`]) in the same statement.
+const INSERT_ALONE_SQL: &str = concat!(
+    "WITH q AS (INSERT INTO queues (tenant_id, name, created_at) VALUES ($1, $2, $3) \
+     ON CONFLICT DO NOTHING), ",
+    jobs_and_events!()
+);
+
+/// Inserts `fresh` (jobs of `p`) and their `enqueued` events in one statement and queues
+/// the events' publication and wake-ups in `fx`.
+async fn insert_rows(
+    c: &impl GenericClient,
+    fx: &mut Effects,
+    p: &JobInsertMany,
+    fresh: &[&NewJob],
+    how: InsertEnd,
+) -> StoreResult<()> {
+    let (tenant, queue) = (p.tenant_id.as_str(), p.queue.as_str());
+    let ids: Vec<&str> = fresh.iter().map(|j| j.id.as_str()).collect();
+    let states: Vec<&str> = fresh.iter().map(|j| j.state.as_str()).collect();
+    let prios: Vec<i16> = fresh.iter().map(|j| i16::from(j.priority)).collect();
+    let groups: Vec<Option<&str>> = fresh
+        .iter()
+        .map(|j| j.group.as_ref().map(|g| g.as_str()))
+        .collect();
+    let max_attempts: Vec<i32> = fresh.iter().map(|j| j.max_attempts as i32).collect();
+    let payloads: Vec<&str> = fresh.iter().map(|j| j.payload.as_str()).collect();
+    let run_at: Vec<i64> = fresh.iter().map(|j| j.run_at.0).collect();
+    let tags: Vec<String> = fresh.iter().map(|j| to_json(&j.tags)).collect();
+    let metadata: Vec<String> = fresh.iter().map(|j| to_json(&j.metadata)).collect();
+    let timeouts: Vec<i64> = fresh.iter().map(|j| j.timeout_ms as i64).collect();
+    let backoffs: Vec<String> = fresh.iter().map(|j| to_json(&j.backoff)).collect();
+    let callbacks: Vec<Option<&str>> = fresh.iter().map(|j| j.callback_url.as_deref()).collect();
+    let traces: Vec<Option<&str>> = fresh.iter().map(|j| j.traceparent.as_deref()).collect();
+    let idem_keys: Vec<Option<&str>> = fresh
+        .iter()
+        .map(|j| j.idempotency.as_ref().map(|i| i.key.as_str()))
+        .collect();
+    let hashes: Vec<Option<&str>> = fresh
+        .iter()
+        .map(|j| j.idempotency.as_ref().map(|i| i.request_hash.as_str()))
+        .collect();
+    let params: [&(dyn ToSql + Sync); 18] = [
+        &tenant,
+        &queue,
+        &p.now.0,
+        &ids,
+        &states,
+        &prios,
+        &groups,
+        &max_attempts,
+        &payloads,
+        &run_at,
+        &tags,
+        &metadata,
+        &timeouts,
+        &backoffs,
+        &callbacks,
+        &traces,
+        &idem_keys,
+        &hashes,
+    ];
+    let rows = match how {
+        InsertEnd::Open => query(c, INSERT_SQL, &params).await?,
+        InsertEnd::Commit => query_and_commit(c, fx, INSERT_SQL, &params).await?,
+        InsertEnd::Alone => query_alone(c, INSERT_ALONE_SQL, &params).await?,
+    };
+    let seqs: HashMap<String, i64> = rows.iter().map(|r| (r.get(1), r.get(0))).collect();
+    for new in fresh {
+        match new.state {
+            JobState::Available => fx.wake.push((p.tenant_id.clone(), p.queue.clone())),
+            JobState::Scheduled => fx.nudge_chores = true,
+            _ => {}
+        }
+        fx.events.push((
+            p.tenant_id.clone(),
+            JobEventView {
+                seq: seqs.get(new.id.as_str()).copied().unwrap_or_default(),
+                job_id: new.id.clone(),
+                queue: p.queue.clone(),
+                kind: EventKind::Enqueued,
+                from_state: None,
+                to_state: new.state,
+                attempt: 0,
+                at: p.now,
+                detail: None,
+            },
+        ));
+    }
+    Ok(())
 }
 
 /// The lease statement: picks (`FOR UPDATE SKIP LOCKED`), leases and logs in one go.

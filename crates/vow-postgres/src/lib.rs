@@ -481,6 +481,31 @@ macro_rules! write_tx {
     }};
 }
 
+/// Runs a body that writes with one statement outside any transaction block
+/// ([`jobs::query_alone`]): `|c, fx| body` gets a connection and the effects to collect.
+/// That statement commits on its own or not at all, so the effects are published when
+/// the body succeeds, right after it (no await in between), as [`write_tx!`] does.
+macro_rules! write_alone {
+    ($store:ident, |$c:ident, $fx:ident| $body:expr) => {{
+        $store
+            .timed(async {
+                let conn = $store.conn().await?;
+                let mut effects = Effects::default();
+                let out = {
+                    let $fx = &mut effects;
+                    let $c = &conn;
+                    $body
+                };
+                if out.is_ok() {
+                    $store.notifier.send(&$store.node, &effects);
+                    effects.apply(&$store.bus);
+                }
+                out
+            })
+            .await
+    }};
+}
+
 #[async_trait]
 impl Store for PgStore {
     fn bus(&self) -> &Bus {
@@ -530,6 +555,9 @@ impl Store for PgStore {
         write_tx!(self, |tx, fx| jobs::heartbeat(tx, fx, &p).await)
     }
     async fn job_insert_many(&self, p: JobInsertMany) -> StoreResult<Vec<Inserted>> {
+        if p.jobs.iter().all(|j| j.idempotency.is_none()) {
+            return write_alone!(self, |c, fx| jobs::insert_alone(c, fx, &p).await);
+        }
         write_tx!(self, |tx, fx| jobs::insert_many(tx, fx, &p).await)
     }
     async fn job_lease(&self, p: &JobLease) -> StoreResult<Vec<Job>> {

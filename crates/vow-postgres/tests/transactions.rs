@@ -498,3 +498,47 @@ async fn an_acks_writes_sent_with_its_commit_are_one_transaction() {
         assert!(j == e && e == d, "job {j}, event {e}, delivery {d}");
     }
 }
+
+/// A plain enqueue (no idempotency key) is one statement that PostgreSQL commits on its
+/// own, at the `Sync` after it. Its answer must wait for that commit, even when the
+/// statement's rows reach the store first: a 1000-job batch returns more than
+/// PostgreSQL's 8 KiB output buffer, which it flushes before committing. Here every
+/// commit first waits 100 ms (`commit_delay`), and the jobs only become visible once it
+/// is done: an answer taken at the end of the statement would find none of them.
+#[tokio::test]
+async fn a_plain_enqueue_is_answered_after_its_commit() {
+    let db = db().await;
+    let admin = admin(&db).await;
+    let name: String = admin
+        .query_one("SELECT current_database()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    admin
+        .batch_execute(&format!(
+            "ALTER DATABASE {name} SET commit_delay = 100000; \
+             ALTER DATABASE {name} SET commit_siblings = 0"
+        ))
+        .await
+        .unwrap();
+    let store = single_connection_store(&db).await;
+    let t = tenant(&store, "t").await;
+    let jobs = (0..1000)
+        .map(|i| new_job(json!({ "payload": i }), T0, None))
+        .collect();
+    let inserted = store
+        .job_insert_many(JobInsertMany {
+            tenant_id: t.clone(),
+            queue: "q".parse().unwrap(),
+            jobs,
+            now: T0,
+        })
+        .await
+        .unwrap();
+    let visible: i64 = admin
+        .query_one("SELECT count(*) FROM jobs WHERE queue = 'q'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!((inserted.len(), visible), (1000, 1000));
+}

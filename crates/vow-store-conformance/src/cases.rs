@@ -147,6 +147,13 @@ pub async fn idempotency_and_atomic_batches(store: DynStore) {
         .await
         .unwrap();
     assert_eq!(list.items.len(), 1);
+    // A batch without keys that fails (two jobs with one id) writes nothing either, not
+    // even its queue's row.
+    let twin = new_job(json!({ "payload": "twin" }), T0, None);
+    let batch = vec![twin.clone(), twin];
+    assert!(store.job_insert_many(ins(batch, "fresh")).await.is_err());
+    let fresh = store.queue_get(&t, &q("fresh"), T0).await.unwrap();
+    assert!(fresh.is_none(), "{fresh:?}");
 }
 
 /// Leases follow priority, then run_at, then id; paused queues and future jobs are skipped.
