@@ -505,14 +505,15 @@ async fn insert_jobs(
 pub(crate) async fn insert_alone(
     c: &impl GenericClient,
     fx: &mut Effects,
-    p: &JobInsertMany,
+    p: JobInsertMany,
 ) -> StoreResult<Vec<Inserted>> {
     let fresh: Vec<&NewJob> = p.jobs.iter().collect();
-    insert_rows(c, fx, p, &fresh, InsertEnd::Alone).await?;
+    insert_rows(c, fx, &p, &fresh, InsertEnd::Alone).await?;
+    let (tenant, queue, now) = (&p.tenant_id, &p.queue, p.now);
     Ok(p.jobs
-        .iter()
+        .into_iter()
         .map(|new| Inserted {
-            job: new.to_job(&p.tenant_id, &p.queue, p.now),
+            job: new.into_job(tenant, queue, now),
             created: true,
         })
         .collect())

@@ -556,7 +556,7 @@ impl Store for PgStore {
     }
     async fn job_insert_many(&self, p: JobInsertMany) -> StoreResult<Vec<Inserted>> {
         if p.jobs.iter().all(|j| j.idempotency.is_none()) {
-            return write_alone!(self, |c, fx| jobs::insert_alone(c, fx, &p).await);
+            return write_alone!(self, |c, fx| jobs::insert_alone(c, fx, p).await);
         }
         write_tx!(self, |tx, fx| jobs::insert_many(tx, fx, &p).await)
     }

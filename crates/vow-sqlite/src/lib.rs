@@ -60,8 +60,12 @@ pub(crate) struct Effects {
 
 impl Effects {
     fn apply(self, bus: &Bus) {
+        // A batch enqueue names its queue once per job: wake its leases once.
+        let mut woken = std::collections::HashSet::new();
         for (tenant, queue) in &self.wake {
-            bus.wake_queue(tenant, queue);
+            if woken.insert((tenant, queue)) {
+                bus.wake_queue(tenant, queue);
+            }
         }
         for (tenant, event) in self.events {
             bus.publish(&tenant, [event]);
