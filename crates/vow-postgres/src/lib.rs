@@ -512,6 +512,10 @@ impl Store for PgStore {
         &self.bus
     }
 
+    async fn close(&self) {
+        self.notifier.close().await;
+    }
+
     async fn api_key_get(&self, id: &KeyId) -> StoreResult<Option<ApiKeyRecord>> {
         self.with(|c| async move { tenants::api_key_get(&c, id).await })
             .await

@@ -180,6 +180,8 @@ const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 const RESYNC_RETRY: Duration = Duration::from_millis(500);
 /// Most payloads one `NOTIFY` statement carries.
 const MAX_BATCH: usize = 256;
+/// Longest wait at shutdown for the notifications still queued.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest wait for one `NOTIFY` statement (or a connect) before it counts as failed.
 const NOTIFY_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -192,6 +194,8 @@ pub(crate) struct Notifier {
     queue: mpsc::Sender<String>,
     lost: Arc<AtomicBool>,
     peers: Arc<Peers>,
+    /// Asks the task to send what is queued and stop; it answers on the sender given.
+    close: mpsc::Sender<tokio::sync::oneshot::Sender<()>>,
 }
 
 impl Notifier {
@@ -204,11 +208,38 @@ impl Notifier {
         peers: Arc<Peers>,
     ) -> (Self, tokio::sync::oneshot::Receiver<()>) {
         let (queue, rx) = mpsc::channel(BACKLOG);
+        let (close, close_rx) = mpsc::channel(1);
         let lost = Arc::new(AtomicBool::new(false));
         let (hello_sent, hello) = tokio::sync::oneshot::channel();
         let every = (peers.ttl / 3).max(Duration::from_millis(100));
-        tokio::spawn(send_loop(config, node, rx, lost.clone(), every, hello_sent));
-        (Self { queue, lost, peers }, hello)
+        tokio::spawn(send_loop(
+            config,
+            node,
+            (rx, close_rx),
+            lost.clone(),
+            every,
+            hello_sent,
+        ));
+        let notifier = Self {
+            queue,
+            lost,
+            peers,
+            close,
+        };
+        (notifier, hello)
+    }
+
+    /// Sends what is queued and stops the task, waiting at most [`CLOSE_TIMEOUT`]: at
+    /// shutdown, so that a write answered just before is not left unannounced (the
+    /// runtime would drop the queue with the process).
+    pub(crate) async fn close(&self) {
+        let (done, closed) = tokio::sync::oneshot::channel();
+        if self.close.send(done).await.is_err() {
+            return;
+        }
+        if tokio::time::timeout(CLOSE_TIMEOUT, closed).await.is_err() {
+            tracing::warn!("notifications still queued at shutdown were not all sent in time");
+        }
     }
 
     /// The sending queue, for the listener's questions and answers.
@@ -236,7 +267,10 @@ impl Notifier {
 async fn send_loop(
     config: tokio_postgres::Config,
     node: Arc<str>,
-    mut rx: mpsc::Receiver<String>,
+    (mut rx, mut close): (
+        mpsc::Receiver<String>,
+        mpsc::Receiver<tokio::sync::oneshot::Sender<()>>,
+    ),
     lost: Arc<AtomicBool>,
     hello_every: Duration,
     hello_sent: tokio::sync::oneshot::Sender<()>,
@@ -247,15 +281,36 @@ async fn send_loop(
     let mut hello = tokio::time::interval(hello_every);
     hello.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut hello_sent = Some(hello_sent);
+    // Set by `Notifier::close`: send what is queued without waiting for more, then stop.
+    let mut closing: Option<tokio::sync::oneshot::Sender<()>> = None;
+    let mut resynced_at_close = false;
     loop {
         let retry = lost.load(Ordering::Relaxed);
-        tokio::select! {
-            n = rx.recv_many(&mut batch, MAX_BATCH) => if n == 0 {
+        if closing.is_some() {
+            while batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(p) => batch.push(p),
+                    Err(_) => break,
+                }
+            }
+            // Done once the queue is sent, with an owed resync tried once more at most.
+            if batch.is_empty() && (!retry || resynced_at_close) {
+                if let Some(done) = closing.take() {
+                    let _ = done.send(());
+                }
                 return;
-            },
-            _ = hello.tick() => batch.push(control_payload(&node, Control::Hello)),
-            // After a failed send, the resync goes out soon even if no write comes.
-            _ = tokio::time::sleep(RESYNC_RETRY), if retry => {}
+            }
+            resynced_at_close |= batch.is_empty();
+        } else {
+            tokio::select! {
+                n = rx.recv_many(&mut batch, MAX_BATCH) => if n == 0 {
+                    return;
+                },
+                Some(done) = close.recv() => closing = Some(done),
+                _ = hello.tick() => batch.push(control_payload(&node, Control::Hello)),
+                // After a failed send, the resync goes out soon even if no write comes.
+                _ = tokio::time::sleep(RESYNC_RETRY), if retry => {}
+            }
         }
         if lost.swap(false, Ordering::Relaxed) {
             batch.push(control_payload(&node, Control::Resync));

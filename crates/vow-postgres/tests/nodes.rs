@@ -301,6 +301,46 @@ async fn a_lone_node_sends_no_notifications_and_a_new_node_is_known_at_once() {
         .expect("a notifies b");
 }
 
+/// A node that shuts down right after a write still tells the others of it: closing
+/// the store sends the notifications still queued. Node `a` runs on a runtime of its
+/// own, dropped (with every task on it) as soon as `close` returns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_closing_sends_its_queued_notifications_first() {
+    let db = tokio::task::spawn_blocking(|| Cluster::shared().database())
+        .await
+        .unwrap();
+    let b = node(&db).await;
+    let t = tenant(&b).await;
+    let mut heard = b.bus().subscribe();
+    let url = db.url.clone();
+    let (b2, t2) = (b.clone(), t.clone());
+    let last = tokio::task::spawn_blocking(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let a = Arc::new(
+                PgStore::connect(&format!("{url}?pool_size=2"))
+                    .await
+                    .unwrap(),
+            );
+            until_listening(&b2, &a, &t2).await;
+            let q: QueueName = "last".parse().unwrap();
+            let job = a.job_insert_many(enqueue(&t2, &q, 1)).await.unwrap()[0]
+                .job
+                .id
+                .clone();
+            a.close().await;
+            job
+        })
+    })
+    .await
+    .unwrap();
+    next_event_of(&mut heard, &last, "the other node hears the last write").await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_outage_is_unavailable_not_a_hang_and_the_nodes_recover() {
     let cluster = tokio::task::spawn_blocking(Cluster::throwaway)

@@ -281,15 +281,17 @@ impl std::fmt::Debug for Running {
 }
 
 impl Running {
-    /// Begins shutdown and waits until in-flight requests and chores are done.
+    /// Begins shutdown, waits until in-flight requests and chores are done, then closes
+    /// the store (which sends what it still owes other nodes).
     pub async fn stop(self) -> anyhow::Result<()> {
         self.app.shutdown.cancel();
         self.app.store.bus().wake_all();
-        let r = self.server.await?;
+        let r = self.server.await;
         for c in self.chores {
             let _ = c.await;
         }
-        r
+        self.app.store.close().await;
+        r?
     }
 }
 

@@ -83,6 +83,9 @@ impl Store for Instrumented {
     fn bus(&self) -> &Bus {
         self.inner.bus()
     }
+    async fn close(&self) {
+        self.inner.close().await
+    }
 
     async fn api_key_get(&self, id: &KeyId) -> StoreResult<Option<ApiKeyRecord>> {
         timed("api_key_get", self.inner.api_key_get(id)).await

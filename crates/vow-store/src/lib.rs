@@ -36,6 +36,11 @@ pub trait Store: Send + Sync + 'static {
     /// The bus this store publishes wake-ups and job events on.
     fn bus(&self) -> &Bus;
 
+    /// Finishes what the store still owes others before the process exits: the
+    /// PostgreSQL store sends the notifications still queued for the other nodes. Called
+    /// once, after the last write (graceful shutdown); bounded in time.
+    async fn close(&self) {}
+
     /// Looks up an API key by id (revoked keys included, with `revoked_at` set).
     async fn api_key_get(&self, id: &KeyId) -> StoreResult<Option<ApiKeyRecord>>;
     /// Stores a new key's hash.
