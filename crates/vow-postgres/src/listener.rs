@@ -56,14 +56,20 @@ struct Signal<'a> {
     /// just (re)connected.
     #[serde(default, rename = "a", skip_serializing_if = "std::ops::Not::not")]
     ask: bool,
+    /// The sender's `peer_ttl_ms`: it says hello at least every third of it, so the
+    /// others count on it for that long after any payload (absent from nodes before it
+    /// was sent: their own `ttl` then).
+    #[serde(default, rename = "t", skip_serializing_if = "Option::is_none")]
+    ttl_ms: Option<u64>,
 }
 
 /// Whether another node may be listening: this node's listener is not connected (it
-/// cannot hear them, so it must assume them), or it heard one within `ttl` (any payload
-/// from another node counts; every node says hello at start and every third of `ttl`,
-/// so nodes should share one `ttl`), or its listener (re)connected within [`GRACE`] (it
-/// asks who is there then, and every other node answers with a hello at once). A node
-/// with no peers sends no notifications: nobody would act on them.
+/// cannot hear them, so it must assume them), or it heard one within that node's `ttl`
+/// or its own, whichever is longer (any payload from another node counts; every node says
+/// hello at start and every third of its `ttl`, and every payload carries that `ttl`), or
+/// its listener (re)connected within [`GRACE`] (it asks who is there then, and every
+/// other node answers with a hello at once). A node with no peers sends no
+/// notifications: nobody would act on them.
 #[derive(Debug)]
 pub(crate) struct Peers {
     base: Instant,
@@ -99,10 +105,17 @@ impl Peers {
         self.until.fetch_max(until, Ordering::Relaxed) <= now
     }
 
-    /// A sign of a peer. True if this node thought itself alone until now: writes it
-    /// committed a moment ago went unannounced, so the caller sends a resync.
-    fn heard(&self) -> bool {
-        self.at_least_for(self.ttl) && self.listening.load(Ordering::Relaxed)
+    /// A sign of a peer whose `ttl` is `theirs` (when it said). True if this node thought
+    /// itself alone until now: writes it committed a moment ago went unannounced, so the
+    /// caller sends a resync.
+    fn heard(&self, theirs: Option<Duration>) -> bool {
+        let ttl = theirs.map_or(self.ttl, |t| t.max(self.ttl));
+        self.at_least_for(ttl) && self.listening.load(Ordering::Relaxed)
+    }
+
+    /// This node's `ttl` in milliseconds, as its payloads carry it.
+    fn ttl_ms(&self) -> u64 {
+        u64::try_from(self.ttl.as_millis()).unwrap_or(u64::MAX)
     }
 
     /// The listener (re)connected: peers may exist unheard.
@@ -126,7 +139,7 @@ impl Peers {
 /// Splits effects into payloads of at most [`MAX_PAYLOAD`] bytes (wake-ups and the
 /// nudge ride in the first; events are packed greedily after, in order; an event that
 /// cannot fit even alone goes as its sequence number, in a payload of its own).
-pub(crate) fn payloads(node: &str, fx: &Effects) -> Vec<String> {
+pub(crate) fn payloads(node: &str, ttl_ms: u64, fx: &Effects) -> Vec<String> {
     let mut wake = fx.wake.clone();
     wake.sort_by(|a, b| (a.0.as_str(), a.1.as_str()).cmp(&(b.0.as_str(), b.1.as_str())));
     wake.dedup();
@@ -138,6 +151,7 @@ pub(crate) fn payloads(node: &str, fx: &Effects) -> Vec<String> {
             resync: false,
             hello: false,
             ask: false,
+            ttl_ms: Some(ttl_ms),
         })
         .unwrap_or_default()
     };
@@ -211,13 +225,12 @@ impl Notifier {
         let (close, close_rx) = mpsc::channel(1);
         let lost = Arc::new(AtomicBool::new(false));
         let (hello_sent, hello) = tokio::sync::oneshot::channel();
-        let every = (peers.ttl / 3).max(Duration::from_millis(100));
         tokio::spawn(send_loop(
             config,
             node,
             (rx, close_rx),
             lost.clone(),
-            every,
+            peers.ttl,
             hello_sent,
         ));
         let notifier = Self {
@@ -252,7 +265,7 @@ impl Notifier {
         if fx.is_empty() || !self.peers.any() {
             return;
         }
-        for p in payloads(node, fx) {
+        for p in payloads(node, self.peers.ttl_ms(), fx) {
             if self.queue.try_send(p).is_err() {
                 self.lost.store(true, Ordering::Relaxed);
             }
@@ -272,9 +285,11 @@ async fn send_loop(
         mpsc::Receiver<tokio::sync::oneshot::Sender<()>>,
     ),
     lost: Arc<AtomicBool>,
-    hello_every: Duration,
+    ttl: Duration,
     hello_sent: tokio::sync::oneshot::Sender<()>,
 ) {
+    let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+    let hello_every = (ttl / 3).max(Duration::from_millis(100));
     let mut conn: Option<(tokio_postgres::Client, tokio_postgres::Statement)> = None;
     let mut batch = Vec::with_capacity(MAX_BATCH);
     let mut failing = false;
@@ -307,13 +322,13 @@ async fn send_loop(
                     return;
                 },
                 Some(done) = close.recv() => closing = Some(done),
-                _ = hello.tick() => batch.push(control_payload(&node, Control::Hello)),
+                _ = hello.tick() => batch.push(control_payload(&node, ttl_ms, Control::Hello)),
                 // After a failed send, the resync goes out soon even if no write comes.
                 _ = tokio::time::sleep(RESYNC_RETRY), if retry => {}
             }
         }
         if lost.swap(false, Ordering::Relaxed) {
-            batch.push(control_payload(&node, Control::Resync));
+            batch.push(control_payload(&node, ttl_ms, Control::Resync));
         }
         if batch.is_empty() {
             continue;
@@ -386,7 +401,7 @@ enum Control {
     Ask,
 }
 
-fn control_payload(node: &str, c: Control) -> String {
+fn control_payload(node: &str, ttl_ms: u64, c: Control) -> String {
     serde_json::to_string(&Signal {
         n: node.into(),
         fx: Effects::default(),
@@ -394,6 +409,7 @@ fn control_payload(node: &str, c: Control) -> String {
         resync: matches!(c, Control::Resync),
         hello: matches!(c, Control::Hello),
         ask: matches!(c, Control::Ask),
+        ttl_ms: Some(ttl_ms),
     })
     .unwrap_or_default()
 }
@@ -411,11 +427,11 @@ async fn deliver(
     let sig = match serde_json::from_str::<Signal<'_>>(payload) {
         Ok(sig) if sig.n == node => return,
         Ok(sig) => {
-            if peers.heard() {
-                let _ = answer.try_send(control_payload(node, Control::Resync));
+            if peers.heard(sig.ttl_ms.map(Duration::from_millis)) {
+                let _ = answer.try_send(control_payload(node, peers.ttl_ms(), Control::Resync));
             }
             if sig.ask {
-                let _ = answer.try_send(control_payload(node, Control::Hello));
+                let _ = answer.try_send(control_payload(node, peers.ttl_ms(), Control::Hello));
             }
             sig
         }
@@ -509,7 +525,7 @@ pub(crate) async fn run(
                 // Anything may have happened while we were not listening, and other
                 // nodes may have said hello: ask who is there.
                 peers.listening();
-                let _ = notifier.try_send(control_payload(&node, Control::Ask));
+                let _ = notifier.try_send(control_payload(&node, peers.ttl_ms(), Control::Ask));
                 b.wake_all();
                 b.nudge_chores();
                 drop(b);
@@ -573,8 +589,44 @@ pub(crate) async fn run(
 
 #[cfg(test)]
 mod tests {
-    use super::Peers;
+    use super::{control_payload, payloads, Control, Peers, Signal};
+    use crate::Effects;
     use std::time::Duration;
+
+    /// Nodes need not share one `peer_ttl_ms`: every payload carries its sender's, and a
+    /// node counts on a peer for the longer of the two after hearing it (the peer says
+    /// hello every third of its own).
+    #[test]
+    fn a_peer_is_counted_on_for_its_own_ttl_when_longer() {
+        let ttl = Duration::from_millis(100);
+        let peers = Peers::new(ttl);
+        peers.listening();
+        std::thread::sleep(ttl * 2);
+        assert!(!peers.any(), "alone once the grace is over");
+        peers.heard(Some(ttl * 10));
+        std::thread::sleep(ttl * 3);
+        assert!(peers.any(), "past this node's ttl, within the peer's");
+        std::thread::sleep(ttl * 9);
+        assert!(!peers.any(), "past the peer's ttl too");
+        peers.heard(Some(ttl / 10));
+        std::thread::sleep(ttl / 2);
+        assert!(
+            peers.any(),
+            "a shorter ttl than this node's counts as its own"
+        );
+
+        let fx = Effects {
+            wake: vec![(vow_core::TenantId::generate(), "q".parse().unwrap())],
+            ..Effects::default()
+        };
+        for p in payloads("n1", 30_000, &fx)
+            .into_iter()
+            .chain([control_payload("n1", 30_000, Control::Hello)])
+        {
+            let sig: Signal<'_> = serde_json::from_str(&p).unwrap();
+            assert_eq!(sig.ttl_ms, Some(30_000), "{p}");
+        }
+    }
 
     #[test]
     fn peers_are_assumed_while_deaf_and_for_a_ttl_after_a_sign() {
@@ -587,11 +639,11 @@ mod tests {
         std::thread::sleep(ttl * 2);
         assert!(!peers.any(), "alone once the grace is over");
         assert!(
-            peers.heard(),
+            peers.heard(None),
             "the first sign after being alone asks for a resync"
         );
         assert!(peers.any());
-        assert!(!peers.heard(), "later signs do not");
+        assert!(!peers.heard(None), "later signs do not");
         std::thread::sleep(ttl * 2);
         assert!(!peers.any());
         peers.deaf();
@@ -600,7 +652,7 @@ mod tests {
             "a listener that lost its connection assumes peers"
         );
         assert!(
-            !peers.heard(),
+            !peers.heard(None),
             "no resync while deaf (the reconnect wakes everyone)"
         );
     }
