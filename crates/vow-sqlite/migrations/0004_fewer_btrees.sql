@@ -9,8 +9,12 @@
 -- * `job_events.seq AUTOINCREMENT` updated `sqlite_sequence` with every event. A plain
 --   rowid is `MAX(seq) + 1`, so it is never reused as long as the row holding the
 --   highest `seq` is never deleted: pruning keeps that one row as a placeholder (empty
---   tenant, job and queue; no tenant reads it) and deletes it once a newer event exists.
---   Here, a placeholder keeps the highest `seq` ever handed out when its event is gone.
+--   tenant, job and queue; no tenant reads it) and deletes it once a newer event exists,
+--   and a trigger ignores any delete of it. Here, a placeholder keeps the highest `seq`
+--   ever handed out when its event is gone.
+--
+-- Going back to an older binary is not supported from here on: the store refuses a
+-- schema newer than it knows.
 --
 -- Both tables are rebuilt, rows and `seq` values unchanged.
 
@@ -80,3 +84,9 @@ INSERT INTO job_events_v4 (seq, tenant_id, job_id, queue, kind, to_state, attemp
 DROP TABLE job_events;
 ALTER TABLE job_events_v4 RENAME TO job_events;
 CREATE INDEX job_events_job ON job_events (job_id, seq);
+-- Whatever deletes events (older code, a hand-written query), the newest one stays.
+CREATE TRIGGER job_events_keep_newest BEFORE DELETE ON job_events
+WHEN old.seq = (SELECT MAX(seq) FROM job_events)
+BEGIN
+    SELECT RAISE(IGNORE);
+END;

@@ -310,7 +310,7 @@ pub(crate) fn reap_expired(c: &Connection, fx: &mut Effects, now: Timestamp) -> 
 pub(crate) fn prune(c: &Connection, p: &JobPrune) -> StoreResult<Pruned> {
     let mut pick = c
         .prepare_cached(
-            "SELECT seq, id FROM jobs WHERE state = ?1 AND finished_at < ?2 \
+            "SELECT seq, id, tenant_id FROM jobs WHERE state = ?1 AND finished_at < ?2 \
              ORDER BY finished_at LIMIT ?3",
         )
         .map_err(internal)?;
@@ -320,7 +320,7 @@ pub(crate) fn prune(c: &Connection, p: &JobPrune) -> StoreResult<Pruned> {
     // tenant reads, deleted once a newer event exists (schema 4).
     let mut del_events = c
         .prepare_cached(
-            "DELETE FROM job_events WHERE job_id = ?1 \
+            "DELETE FROM job_events WHERE job_id = ?1 AND tenant_id = ?2 \
              AND seq < (SELECT MAX(seq) FROM job_events)",
         )
         .map_err(internal)?;
@@ -328,7 +328,7 @@ pub(crate) fn prune(c: &Connection, p: &JobPrune) -> StoreResult<Pruned> {
         .prepare_cached(
             "UPDATE job_events SET tenant_id = '', job_id = '', queue = '', kind = 'placeholder', \
              from_state = NULL, to_state = '', attempt = 0, at = 0, detail = NULL \
-             WHERE job_id = ?1",
+             WHERE job_id = ?1 AND tenant_id = ?2",
         )
         .map_err(internal)?;
     let mut del_job = c
@@ -340,15 +340,15 @@ pub(crate) fn prune(c: &Connection, p: &JobPrune) -> StoreResult<Pruned> {
         if left == 0 {
             break;
         }
-        let doomed: Vec<(i64, String)> = pick
+        let doomed: Vec<(i64, String, String)> = pick
             .query_map(params![state.as_str(), before.0, left as i64], |r| {
-                Ok((r.get(0)?, r.get(1)?))
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
             })
             .and_then(|rows| rows.collect())
             .map_err(internal)?;
-        for (seq, id) in doomed {
-            out.events += del_events.execute([&id]).map_err(internal)?;
-            out.events += blank_last.execute([&id]).map_err(internal)?;
+        for (seq, id, tenant) in doomed {
+            out.events += del_events.execute([&id, &tenant]).map_err(internal)?;
+            out.events += blank_last.execute([&id, &tenant]).map_err(internal)?;
             out.jobs += del_job.execute([seq]).map_err(internal)?;
         }
     }

@@ -14,7 +14,39 @@ pub const MIGRATIONS: &[(i64, &str)] = &[
     (4, include_str!("../migrations/0004_fewer_btrees.sql")),
 ];
 
-pub(crate) fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
+/// Applies the pending migrations. Refuses a database whose schema is newer than this
+/// binary knows: going back past a schema change is not supported (schema 4, say, rebuilt
+/// tables that older code would scan whole and prune wrongly).
+pub(crate) fn migrate(conn: &mut Connection) -> Result<(), String> {
+    let newest = MIGRATIONS.last().map_or(0, |m| m.0);
+    let found = applied(conn).map_err(|e| e.to_string())?;
+    if found > newest {
+        return Err(format!(
+            "the database's schema is at version {found}, newer than this binary's \
+             {newest}: it was opened by a newer vow, and going back is not supported"
+        ));
+    }
+    apply(conn).map_err(|e| e.to_string())
+}
+
+/// The highest schema version applied so far (0 for a new database).
+fn applied(conn: &Connection) -> rusqlite::Result<i64> {
+    let exists: bool = conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE name = 'schema_migrations')",
+        [],
+        |r| r.get(0),
+    )?;
+    if !exists {
+        return Ok(0);
+    }
+    conn.query_row(
+        "SELECT COALESCE(MAX(version), 0) FROM schema_migrations",
+        [],
+        |r| r.get(0),
+    )
+}
+
+fn apply(conn: &mut Connection) -> rusqlite::Result<()> {
     conn.execute_batch(
         "CREATE TABLE IF NOT EXISTS schema_migrations (
             version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)",
@@ -140,5 +172,33 @@ mod tests {
             [],
         );
         assert!(dup.is_err(), "a job id is unique within its tenant");
+        // The newest event is kept whatever deletes it (older code pruning, say).
+        let gone = conn
+            .execute("DELETE FROM job_events WHERE seq = 4", [])
+            .unwrap();
+        assert_eq!(gone, 0, "the row holding the highest seq stays");
+        conn.execute("DELETE FROM job_events WHERE seq = 1", [])
+            .unwrap();
+        assert_eq!(
+            conn.query_row("SELECT COUNT(*) FROM job_events", [], |r| r
+                .get::<_, i64>(0))
+                .unwrap(),
+            3
+        );
+    }
+
+    /// A database a newer binary migrated is refused, not half understood.
+    #[test]
+    fn a_newer_schema_is_refused() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        migrate(&mut conn).unwrap();
+        migrate(&mut conn).unwrap();
+        conn.execute(
+            "INSERT INTO schema_migrations (version, applied_at) VALUES (99, 0)",
+            [],
+        )
+        .unwrap();
+        let e = migrate(&mut conn).unwrap_err();
+        assert!(e.contains("version 99"), "{e}");
     }
 }

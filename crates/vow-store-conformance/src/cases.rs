@@ -498,6 +498,28 @@ pub async fn event_seqs_are_never_reused(store: DynStore) {
     assert_eq!(events.len(), 1);
     assert_eq!(events[0].job_id, next.id);
     assert!(events[0].seq > newest, "{} after {newest}", events[0].seq);
+    // Two jobs pruned together, while the newest event is a live job's.
+    let at = T0.plus_ms(6_000);
+    let one = finished(&store, &a, "p1", End::Complete, at).await;
+    let two = finished(&store, &a, "p2", End::Complete, at).await;
+    let live = insert_one(&store, &a, "q", at).await;
+    let pruned = store
+        .job_prune(&JobPrune {
+            completed_before: Some(at.plus_ms(1)),
+            cancelled_before: None,
+            dead_before: None,
+            limit: 100,
+        })
+        .await
+        .unwrap();
+    assert_eq!((pruned.jobs, pruned.events), (2, 6));
+    let left: Vec<JobId> = replay(&a).await.into_iter().map(|e| e.job_id).collect();
+    assert_eq!(left, [next.id.clone(), live.id.clone()], "{one} {two}");
+    let last = insert_one(&store, &a, "q", at).await;
+    let events = replay(&a).await;
+    assert_eq!(events.len(), 3);
+    assert!(events.windows(2).all(|w| w[0].seq < w[1].seq));
+    assert_eq!(events[2].job_id, last.id);
 }
 
 /// Pruning deletes, in bounded batches, only finished jobs older than their state's
