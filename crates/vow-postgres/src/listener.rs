@@ -80,6 +80,9 @@ pub(crate) struct Peers {
     ttl: Duration,
 }
 
+/// Longest `peer_ttl_ms` of another node that this one honours.
+const MAX_PEER_TTL: Duration = Duration::from_secs(3_600);
+
 /// How long a node whose listener just (re)connected counts on peers without having
 /// heard one: the answers to its question take a round trip.
 const GRACE: Duration = Duration::from_secs(2);
@@ -109,7 +112,9 @@ impl Peers {
     /// itself alone until now: writes it committed a moment ago went unannounced, so the
     /// caller sends a resync.
     fn heard(&self, theirs: Option<Duration>) -> bool {
-        let ttl = theirs.map_or(self.ttl, |t| t.max(self.ttl));
+        // A peer's claim is believed up to an hour (a typo must not pin this node to
+        // notifying for days).
+        let ttl = theirs.map_or(self.ttl, |t| t.min(MAX_PEER_TTL).max(self.ttl));
         self.at_least_for(ttl) && self.listening.load(Ordering::Relaxed)
     }
 
@@ -247,10 +252,12 @@ impl Notifier {
     /// runtime would drop the queue with the process).
     pub(crate) async fn close(&self) {
         let (done, closed) = tokio::sync::oneshot::channel();
-        if self.close.send(done).await.is_err() {
-            return;
-        }
-        if tokio::time::timeout(CLOSE_TIMEOUT, closed).await.is_err() {
+        let closing = async {
+            if self.close.send(done).await.is_ok() {
+                let _ = closed.await;
+            }
+        };
+        if tokio::time::timeout(CLOSE_TIMEOUT, closing).await.is_err() {
             tracing::warn!("notifications still queued at shutdown were not all sent in time");
         }
     }
@@ -608,12 +615,18 @@ mod tests {
         assert!(peers.any(), "past this node's ttl, within the peer's");
         std::thread::sleep(ttl * 9);
         assert!(!peers.any(), "past the peer's ttl too");
-        peers.heard(Some(ttl / 10));
-        std::thread::sleep(ttl / 2);
+        // A shorter claim counts as this node's own ttl, a huge one as an hour.
+        let peers = Peers::new(Duration::from_secs(1));
+        peers.listening();
+        peers.heard(Some(Duration::from_millis(10)));
+        std::thread::sleep(Duration::from_millis(100));
         assert!(
             peers.any(),
             "a shorter ttl than this node's counts as its own"
         );
+        peers.heard(Some(Duration::from_secs(1_000_000)));
+        let until = peers.until.load(std::sync::atomic::Ordering::Relaxed);
+        assert!(until <= peers.now_ms() + 3_600_000, "{until}");
 
         let fx = Effects {
             wake: vec![(vow_core::TenantId::generate(), "q".parse().unwrap())],

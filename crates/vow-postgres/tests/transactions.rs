@@ -500,45 +500,65 @@ async fn an_acks_writes_sent_with_its_commit_are_one_transaction() {
 }
 
 /// A plain enqueue (no idempotency key) is one statement that PostgreSQL commits on its
-/// own, at the `Sync` after it. Its answer must wait for that commit, even when the
-/// statement's rows reach the store first: a 1000-job batch returns more than
-/// PostgreSQL's 8 KiB output buffer, which it flushes before committing. Here every
-/// commit first waits 100 ms (`commit_delay`), and the jobs only become visible once it
-/// is done: an answer taken at the end of the statement would find none of them.
+/// own, at the `Sync` after it. Its answer must follow that commit, and a commit that
+/// fails must fail the call. A deferred constraint trigger runs at the commit, after the
+/// statement's rows and its end have been produced: first it makes the commit take
+/// 200 ms (an answer taken before the commit would find the jobs still invisible), then
+/// it makes the commit fail (the call must fail, leaving no job, no queue row and no
+/// published event).
 #[tokio::test]
 async fn a_plain_enqueue_is_answered_after_its_commit() {
     let db = db().await;
     let admin = admin(&db).await;
-    let name: String = admin
-        .query_one("SELECT current_database()", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let at_commit = |body: &str| {
+        format!(
+            "CREATE OR REPLACE FUNCTION at_commit() RETURNS trigger LANGUAGE plpgsql AS $$ \
+             BEGIN {body} RETURN NULL; END $$; \
+             DROP TRIGGER IF EXISTS at_commit ON jobs; \
+             CREATE CONSTRAINT TRIGGER at_commit AFTER INSERT ON jobs \
+             DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION at_commit();"
+        )
+    };
+    let store = single_connection_store(&db).await;
+    let t = tenant(&store, "t").await;
     admin
-        .batch_execute(&format!(
-            "ALTER DATABASE {name} SET commit_delay = 100000; \
-             ALTER DATABASE {name} SET commit_siblings = 0"
+        .batch_execute(&at_commit(
+            "IF current_setting('test.slept', true) IS DISTINCT FROM 'y' THEN \
+               PERFORM set_config('test.slept', 'y', true); PERFORM pg_sleep(0.2); \
+             END IF;",
         ))
         .await
         .unwrap();
-    let store = single_connection_store(&db).await;
-    let t = tenant(&store, "t").await;
-    let jobs = (0..1000)
-        .map(|i| new_job(json!({ "payload": i }), T0, None))
-        .collect();
-    let inserted = store
-        .job_insert_many(JobInsertMany {
-            tenant_id: t.clone(),
-            queue: "q".parse().unwrap(),
-            jobs,
-            now: T0,
-        })
+    let batch = |queue: &str| JobInsertMany {
+        tenant_id: t.clone(),
+        queue: queue.parse().unwrap(),
+        jobs: (0..100)
+            .map(|i| new_job(json!({ "payload": i }), T0, None))
+            .collect(),
+        now: T0,
+    };
+    let count = |queue: &'static str| {
+        let admin = &admin;
+        async move {
+            admin
+                .query_one("SELECT count(*) FROM jobs WHERE queue = $1", &[&queue])
+                .await
+                .unwrap()
+                .get::<_, i64>(0)
+        }
+    };
+    let inserted = store.job_insert_many(batch("slow")).await.unwrap();
+    assert_eq!((inserted.len(), count("slow").await), (100, 100));
+
+    admin
+        .batch_execute(&at_commit("RAISE EXCEPTION 'refused at commit';"))
         .await
         .unwrap();
-    let visible: i64 = admin
-        .query_one("SELECT count(*) FROM jobs WHERE queue = 'q'", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!((inserted.len(), visible), (1000, 1000));
+    let mut events = store.bus().subscribe();
+    let refused = store.job_insert_many(batch("refused")).await;
+    assert!(refused.is_err(), "{refused:?}");
+    assert_eq!(count("refused").await, 0);
+    let queue = store.queue_get(&t, &"refused".parse().unwrap(), T0).await;
+    assert!(matches!(queue, Ok(None)), "{queue:?}");
+    assert!(events.try_recv().is_err(), "nothing published");
 }
