@@ -130,30 +130,24 @@ mod tests {
 
         migrate(&mut conn).unwrap();
         check(&conn).unwrap();
-        let jobs: Vec<(i64, String)> = conn
-            .prepare("SELECT seq, id FROM jobs ORDER BY seq")
-            .unwrap()
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap();
+        let pairs = |sql: &str| -> Vec<(i64, String)> {
+            conn.prepare(sql)
+                .unwrap()
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap()
+        };
         assert_eq!(
-            jobs,
+            pairs("SELECT seq, id FROM jobs ORDER BY seq"),
             [
                 (1, "job_1".into()),
                 (2, "job_2".into()),
                 (3, "job_3".into())
             ]
         );
-        let seqs: Vec<(i64, String)> = conn
-            .prepare("SELECT seq, tenant_id FROM job_events ORDER BY seq")
-            .unwrap()
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap();
         assert_eq!(
-            seqs,
+            pairs("SELECT seq, tenant_id FROM job_events ORDER BY seq"),
             [(1, "t".into()), (2, "t".into()), (3, String::new())],
             "seq 3 is held by a placeholder no tenant reads"
         );

@@ -462,6 +462,17 @@ pub async fn event_seqs_are_never_reused(store: DynStore) {
         };
         async move { store.job_event_list_since(&p).await.unwrap() }
     };
+    // Completed jobs that finished before `at + 1 ms`.
+    let prune_until = |at: Timestamp| {
+        let store = store.clone();
+        let p = JobPrune {
+            completed_before: Some(at.plus_ms(1)),
+            cancelled_before: None,
+            dead_before: None,
+            limit: 100,
+        };
+        async move { store.job_prune(&p).await.unwrap() }
+    };
     let mut newest = 0;
     for round in 0..3 {
         let at = T0.plus_ms(round * 1_000);
@@ -476,15 +487,7 @@ pub async fn event_seqs_are_never_reused(store: DynStore) {
         assert_eq!(seqs.len(), 3, "enqueued, leased, completed");
         assert!(seqs[0] > newest, "round {round}: {seqs:?} after {newest}");
         newest = seqs[2];
-        let pruned = store
-            .job_prune(&JobPrune {
-                completed_before: Some(at.plus_ms(1)),
-                cancelled_before: None,
-                dead_before: None,
-                limit: 100,
-            })
-            .await
-            .unwrap();
+        let pruned = prune_until(at).await;
         assert_eq!((pruned.jobs, pruned.events), (1, 3), "round {round}");
         assert_eq!(
             replay(&a).await,
@@ -503,15 +506,7 @@ pub async fn event_seqs_are_never_reused(store: DynStore) {
     let one = finished(&store, &a, "p1", End::Complete, at).await;
     let two = finished(&store, &a, "p2", End::Complete, at).await;
     let live = insert_one(&store, &a, "q", at).await;
-    let pruned = store
-        .job_prune(&JobPrune {
-            completed_before: Some(at.plus_ms(1)),
-            cancelled_before: None,
-            dead_before: None,
-            limit: 100,
-        })
-        .await
-        .unwrap();
+    let pruned = prune_until(at).await;
     assert_eq!((pruned.jobs, pruned.events), (2, 6));
     let left: Vec<JobId> = replay(&a).await.into_iter().map(|e| e.job_id).collect();
     assert_eq!(left, [next.id.clone(), live.id.clone()], "{one} {two}");
