@@ -282,23 +282,22 @@ async fn a_lone_node_sends_no_notifications_and_a_new_node_is_known_at_once() {
     // its first seconds, and before a's next hello, b knows of a: a answered.
     let b = node(&db).await;
     tokio::time::sleep(grace).await;
-    let waiter = a.bus().queue_waiter(&t, &q);
-    let woken = waiter.notified();
-    tokio::pin!(woken);
-    woken.as_mut().enable();
-    b.job_insert_many(enqueue(&t, &q, 1)).await.unwrap();
-    tokio::time::timeout(Duration::from_millis(500), woken)
-        .await
-        .expect("b notifies a, which answered b's question");
+    enqueue_wakes(&b, &a, &t, &q, "b notifies a, which answered b's question").await;
     // And a notifies b (it heard b's hello).
-    let waiter = b.bus().queue_waiter(&t, &q);
+    enqueue_wakes(&a, &b, &t, &q, "a notifies b").await;
+}
+
+/// An enqueue of `q` on `from` wakes a lease waiting on `to` within 500 ms; fails with
+/// `what` otherwise.
+async fn enqueue_wakes(from: &PgStore, to: &PgStore, t: &TenantId, q: &QueueName, what: &str) {
+    let waiter = to.bus().queue_waiter(t, q);
     let woken = waiter.notified();
     tokio::pin!(woken);
     woken.as_mut().enable();
-    a.job_insert_many(enqueue(&t, &q, 1)).await.unwrap();
+    from.job_insert_many(enqueue(t, q, 1)).await.unwrap();
     tokio::time::timeout(Duration::from_millis(500), woken)
         .await
-        .expect("a notifies b");
+        .expect(what);
 }
 
 /// A node that shuts down right after a write still tells the others of it: closing
