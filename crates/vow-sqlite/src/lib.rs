@@ -170,10 +170,12 @@ fn configure(conn: &Connection) -> rusqlite::Result<()> {
     conn.pragma_update(None, "synchronous", "full")?;
     conn.pragma_update(None, "foreign_keys", "off")?;
     conn.pragma_update(None, "temp_store", "memory")?;
-    // 4 MB of page cache on the writer. SQLite walks the whole page cache's hash table
-    // at the end of every write transaction (pcache1Truncate), so a big cache costs every
-    // commit (9 % of the writer's time in a drain with 32 MB); pages it drops are still
-    // in the OS page cache.
+    // 4 MB of page cache on the writer. When a b-tree split renumbers its pages, SQLite
+    // parks one at the lock-byte page's number (1 GiB), so the commit that follows walks
+    // the whole page cache's hash table (pcache1Truncate): a big cache costs most commits
+    // (9 % of the writer's time in a drain with 32 MB); pages it drops are still in the
+    // OS page cache. The limit holds only because the build gives each connection a
+    // cache of its own (no ENABLE_MEMORY_MANAGEMENT: see .cargo/config.toml).
     conn.pragma_update(None, "cache_size", -4_000)?;
     // Room for every statement the writer runs: rusqlite's default (16) is fewer than
     // the hot paths use, and an evicted statement is parsed and planned again.
@@ -972,6 +974,30 @@ mod tests {
             .await;
         assert!(matches!(boom, Err(StoreError::Internal(_))));
         store.ready().await.expect("the writer still answers");
+    }
+
+    /// SQLite is built with a page cache per connection. With its unified cache
+    /// (ENABLE_MEMORY_MANAGEMENT, which libsqlite3-sys turns on and .cargo/config.toml
+    /// undefines) every page fetch takes one global mutex, and the writer's cache grows
+    /// to the sum of every connection's limit, which most commits then walk whole.
+    #[test]
+    fn sqlite_gives_each_connection_its_own_page_cache() {
+        let conn = Connection::open_in_memory().unwrap();
+        let options: Vec<String> = conn
+            .prepare("PRAGMA compile_options")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert!(
+            options.iter().any(|o| o == "DEFAULT_MEMSTATUS=0"),
+            "{options:?}"
+        );
+        assert!(
+            !options.iter().any(|o| o == "ENABLE_MEMORY_MANAGEMENT"),
+            "{options:?}"
+        );
     }
 
     /// Nobody hears of a write before the sync that made it durable: right after each
