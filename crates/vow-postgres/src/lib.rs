@@ -179,18 +179,25 @@ impl Effects {
 
 /// The PostgreSQL store of one node.
 pub struct PgStore {
+    shared: Arc<Shared>,
+    _listener: tokio::sync::watch::Sender<()>,
+}
+
+/// What a write needs from start to end, shared with the task it runs on: a write
+/// runs to its end once begun, even when its caller is gone, so that a transaction
+/// that commits always has its effects published ([`run_to_end`]).
+struct Shared {
     pool: Pool,
     bus: Arc<Bus>,
     node: Arc<str>,
     op_timeout: Duration,
     notifier: listener::Notifier,
-    _listener: tokio::sync::watch::Sender<()>,
 }
 
 impl std::fmt::Debug for PgStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PgStore")
-            .field("node", &self.node)
+            .field("node", &self.shared.node)
             .finish_non_exhaustive()
     }
 }
@@ -310,22 +317,41 @@ impl PgStore {
         // The other nodes know of this one before it serves anything (or PostgreSQL is
         // slow, and they learn of it a little later).
         let _ = tokio::time::timeout(Duration::from_secs(2), hello).await;
-        Ok(Self {
+        let shared = Shared {
             pool,
             bus,
             node,
             // A call may wait for a connection, then run a few statements.
             op_timeout: config.pool_timeout + config.statement_timeout * 2,
             notifier,
+        };
+        Ok(Self {
+            shared: Arc::new(shared),
             _listener: stop,
         })
     }
 
     /// This node's id (used to drop its own notifications).
     pub fn node_id(&self) -> &str {
-        &self.node
+        &self.shared.node
     }
 
+    /// Runs `f` with a pooled connection, bounded by the operation timeout.
+    async fn with<T, F, Fut>(&self, f: F) -> StoreResult<T>
+    where
+        F: FnOnce(deadpool_postgres::Object) -> Fut,
+        Fut: Future<Output = StoreResult<T>>,
+    {
+        let s = &*self.shared;
+        s.timed(async {
+            let client = s.conn().await?;
+            f(client).await
+        })
+        .await
+    }
+}
+
+impl Shared {
     /// Runs `work`, bounded by the operation timeout: a server that stopped answering
     /// becomes `Unavailable`, never a hang.
     async fn timed<T>(&self, work: impl Future<Output = StoreResult<T>>) -> StoreResult<T> {
@@ -342,17 +368,29 @@ impl PgStore {
         self.pool.get().await.map_err(pool_err)
     }
 
-    /// Runs `f` with a pooled connection, bounded by the operation timeout.
-    async fn with<T, F, Fut>(&self, f: F) -> StoreResult<T>
-    where
-        F: FnOnce(deadpool_postgres::Object) -> Fut,
-        Fut: Future<Output = StoreResult<T>>,
-    {
-        self.timed(async {
-            let client = self.conn().await?;
-            f(client).await
-        })
-        .await
+    /// Publishes a committed transaction's effects: on this node's bus, and queued for
+    /// the other nodes ([`listener::Notifier`]).
+    fn publish(&self, effects: Effects) {
+        self.notifier.send(&self.node, &effects);
+        effects.apply(&self.bus);
+    }
+}
+
+/// Runs a write on a task of its own and waits for it. A caller dropped before the
+/// end (its client went away) does not cancel the write: a transaction whose `COMMIT`
+/// is on its way may well commit, and then its effects must still be published, or a
+/// waiting worker would not hear of its job and a live stream would miss its events.
+/// It also keeps a connection from going back to the pool with a statement still
+/// running on it. Only the operation timeout ([`Shared::timed`]) cuts a write short.
+async fn run_to_end<T: Send + 'static>(
+    write: impl Future<Output = StoreResult<T>> + Send + 'static,
+) -> StoreResult<T> {
+    match tokio::spawn(write).await {
+        Ok(out) => out,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(_) => Err(StoreError::Unavailable(
+            "the runtime is shutting down".into(),
+        )),
     }
 }
 
@@ -432,88 +470,97 @@ fn is_conflict(e: &StoreError) -> bool {
 }
 
 /// Runs a body in a write transaction: `|tx, fx| body` gets the transaction and the
-/// effects to collect. Right after the commit (with no await in between, so even a
-/// caller gone by then cannot lose them) the effects are published on this node's bus
-/// and queued for the other nodes ([`listener::Notifier`]).
+/// effects to collect. Right after the commit (with no await in between) the effects
+/// are published ([`Shared::publish`]). The whole runs to its end on a task of its own
+/// ([`run_to_end`]), so the body owns what it uses (`move`).
 /// Retried (twice) on a serialization failure or deadlock.
 macro_rules! write_tx {
     ($store:ident, |$tx:ident, $fx:ident| $body:expr) => {{
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let r = $store
-                .timed(async {
-                    let tx = WriteTx::new($store.conn().await?);
-                    let mut effects = Effects::default();
-                    let out = {
-                        let $fx = &mut effects;
-                        let $tx = tx.client();
-                        tx.run(async { $body }).await
-                    };
-                    // Committed by the body with its last statement, by us, or not at all.
-                    let durable = if effects.committed {
-                        tx.committed();
-                        true
-                    } else if out.is_ok() {
-                        tx.commit().await?;
-                        true
-                    } else {
-                        tx.rollback().await;
-                        false
-                    };
-                    if durable {
-                        // A body may commit, then refuse (a transition by id that was
-                        // not allowed): whatever it wrote is durable all the same.
-                        $store.notifier.send(&$store.node, &effects);
-                        effects.apply(&$store.bus);
+        let shared = $store.shared.clone();
+        run_to_end(async move {
+            let store = &*shared;
+            let mut attempt = 0;
+            loop {
+                attempt += 1;
+                let r = store
+                    .timed(async {
+                        let tx = WriteTx::new(store.conn().await?);
+                        let mut effects = Effects::default();
+                        let out = {
+                            let $fx = &mut effects;
+                            let $tx = tx.client();
+                            tx.run(async { $body }).await
+                        };
+                        // Committed by the body with its last statement, by us, or not at all.
+                        let durable = if effects.committed {
+                            tx.committed();
+                            true
+                        } else if out.is_ok() {
+                            tx.commit().await?;
+                            true
+                        } else {
+                            tx.rollback().await;
+                            false
+                        };
+                        if durable {
+                            // A body may commit, then refuse (a transition by id that was
+                            // not allowed): whatever it wrote is durable all the same.
+                            store.publish(effects);
+                        }
+                        out
+                    })
+                    .await;
+                match r {
+                    Ok(out) => break Ok(out),
+                    Err(e) if attempt < 3 && is_conflict(&e) => {
+                        tracing::debug!(error = %e, "transaction conflict; retrying");
                     }
-                    out
-                })
-                .await;
-            match r {
-                Ok(out) => break Ok(out),
-                Err(e) if attempt < 3 && is_conflict(&e) => {
-                    tracing::debug!(error = %e, "transaction conflict; retrying");
+                    Err(e) => break Err(e),
                 }
-                Err(e) => break Err(e),
             }
-        }
+        })
+        .await
     }};
 }
 
 /// Runs a body that writes with one statement outside any transaction block
 /// ([`jobs::query_alone`]): `|c, fx| body` gets a connection and the effects to collect.
 /// That statement commits on its own or not at all, so the effects are published when
-/// the body succeeds, right after it (no await in between), as [`write_tx!`] does.
+/// the body succeeds, right after it (no await in between), and the whole runs to its
+/// end on a task of its own, as with [`write_tx!`].
 macro_rules! write_alone {
     ($store:ident, |$c:ident, $fx:ident| $body:expr) => {{
-        $store
-            .timed(async {
-                let conn = $store.conn().await?;
-                let mut effects = Effects::default();
-                let out = {
-                    let $fx = &mut effects;
-                    let $c = &conn;
-                    $body
-                };
-                if out.is_ok() {
-                    $store.notifier.send(&$store.node, &effects);
-                    effects.apply(&$store.bus);
-                }
-                out
-            })
-            .await
+        let shared = $store.shared.clone();
+        run_to_end(async move {
+            let store = &*shared;
+            store
+                .timed(async {
+                    let conn = store.conn().await?;
+                    let mut effects = Effects::default();
+                    let out = {
+                        let $fx = &mut effects;
+                        let $c = &conn;
+                        $body
+                    };
+                    if out.is_ok() {
+                        store.publish(effects);
+                    }
+                    out
+                })
+                .await
+        })
+        .await
     }};
 }
 
 #[async_trait]
 impl Store for PgStore {
     fn bus(&self) -> &Bus {
-        &self.bus
+        &self.shared.bus
     }
 
     async fn close(&self) {
-        self.notifier.close().await;
+        self.shared.notifier.close().await;
     }
 
     async fn api_key_get(&self, id: &KeyId) -> StoreResult<Option<ApiKeyRecord>> {
@@ -537,7 +584,8 @@ impl Store for PgStore {
         write_tx!(self, |tx, fx| jobs::ack_many(tx, fx, &p).await)
     }
     async fn job_cancel(&self, p: &JobCancel) -> StoreResult<Job> {
-        write_tx!(self, |tx, fx| jobs::cancel(tx, fx, p).await)
+        let p = p.clone();
+        write_tx!(self, |tx, fx| jobs::cancel(tx, fx, &p).await)
     }
     async fn job_event_list(
         &self,
@@ -565,7 +613,8 @@ impl Store for PgStore {
         write_tx!(self, |tx, fx| jobs::insert_many(tx, fx, &p).await)
     }
     async fn job_lease(&self, p: &JobLease) -> StoreResult<Vec<Job>> {
-        write_tx!(self, |tx, fx| jobs::lease(tx, fx, p).await)
+        let p = p.clone();
+        write_tx!(self, |tx, fx| jobs::lease(tx, fx, &p).await)
     }
     async fn job_list(&self, p: &JobList) -> StoreResult<Page<Job>> {
         self.with(|c| async move { jobs::list(&c, p).await }).await
@@ -586,7 +635,8 @@ impl Store for PgStore {
         }
     }
     async fn job_prune(&self, p: &JobPrune) -> StoreResult<Pruned> {
-        write_tx!(self, |tx, _fx| jobs::prune(tx, p).await)
+        let p = p.clone();
+        write_tx!(self, |tx, _fx| jobs::prune(tx, &p).await)
     }
     async fn job_reap_expired(&self, now: Timestamp) -> StoreResult<Sweep> {
         let next = self
@@ -603,7 +653,8 @@ impl Store for PgStore {
         }
     }
     async fn job_retry(&self, p: &JobRetry) -> StoreResult<Job> {
-        write_tx!(self, |tx, fx| jobs::retry(tx, fx, p).await)
+        let p = p.clone();
+        write_tx!(self, |tx, fx| jobs::retry(tx, fx, &p).await)
     }
 
     async fn leader_elect(&self, p: &LeaderElect) -> StoreResult<bool> {
@@ -672,7 +723,8 @@ impl Store for PgStore {
             .await
     }
     async fn delivery_claim(&self, p: &DeliveryClaim) -> StoreResult<Vec<DeliveryTask>> {
-        write_tx!(self, |tx, _fx| notices::claim(tx, p).await)
+        let p = p.clone();
+        write_tx!(self, |tx, _fx| notices::claim(tx, &p).await)
     }
     async fn delivery_get(
         &self,
@@ -687,7 +739,8 @@ impl Store for PgStore {
             .await
     }
     async fn delivery_record(&self, p: &DeliveryOutcome) -> StoreResult<()> {
-        write_tx!(self, |tx, _fx| notices::record(tx, p).await)
+        let p = p.clone();
+        write_tx!(self, |tx, _fx| notices::record(tx, &p).await)
     }
     async fn delivery_retry(
         &self,

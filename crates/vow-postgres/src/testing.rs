@@ -373,7 +373,7 @@ pub fn lookups_by_id() -> Vec<(String, &'static str, &'static str)> {
 /// A setting as the store's pooled sessions see it (`SHOW`), for tests that check what
 /// the store forces on every connection whatever the server's defaults.
 pub async fn session_setting(store: &crate::PgStore, name: &str) -> String {
-    let conn = store.conn().await.expect("a pooled connection");
+    let conn = store.shared.conn().await.expect("a pooled connection");
     let row = conn
         .query_one(&format!("SHOW {name}"), &[])
         .await

@@ -562,3 +562,49 @@ async fn a_plain_enqueue_is_answered_after_its_commit() {
     assert!(matches!(queue, Ok(None)), "{queue:?}");
     assert!(events.try_recv().is_err(), "nothing published");
 }
+
+/// A write whose caller goes away while its `COMMIT` is in flight (its HTTP client
+/// disconnected, say) still commits and still publishes its effects: the job's event
+/// reaches the bus although nobody waits for the answer. A deferred trigger makes each
+/// commit take 300 ms and the caller gives up after 50. Checked for a plain enqueue
+/// (one statement outside a transaction block) and for one with an idempotency key (a
+/// transaction, committed with its last statement).
+#[tokio::test]
+async fn a_write_whose_caller_went_away_still_publishes_its_effects() {
+    let db = db().await;
+    let admin = admin(&db).await;
+    let store = single_connection_store(&db).await;
+    admin
+        .batch_execute(
+            "CREATE FUNCTION slow_commit() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
+               PERFORM pg_sleep(0.3); RETURN NULL; END $$; \
+             CREATE CONSTRAINT TRIGGER slow_commit AFTER INSERT ON jobs \
+             DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION slow_commit();",
+        )
+        .await
+        .unwrap();
+    let t = tenant(&store, "t").await;
+    for (queue, key) in [("plain", None), ("keyed", Some("k1"))] {
+        let mut events = store.bus().subscribe();
+        let p = JobInsertMany {
+            tenant_id: t.clone(),
+            queue: queue.parse().unwrap(),
+            jobs: vec![new_job(json!({ "payload": 1 }), T0, key)],
+            now: T0,
+        };
+        let gone = tokio::time::timeout(Duration::from_millis(50), store.job_insert_many(p)).await;
+        assert!(gone.is_err(), "{queue}: the caller gave up first");
+        let heard = tokio::time::timeout(Duration::from_secs(5), events.recv())
+            .await
+            .unwrap_or_else(|_| panic!("{queue}: no event published"))
+            .unwrap();
+        assert_eq!(heard.event.queue.as_str(), queue);
+        assert_eq!(heard.event.kind, vow_core::machine::EventKind::Enqueued);
+        let n: i64 = admin
+            .query_one("SELECT count(*) FROM jobs WHERE queue = $1", &[&queue])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(n, 1, "{queue}");
+    }
+}
