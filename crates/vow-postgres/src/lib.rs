@@ -192,6 +192,8 @@ struct Shared {
     node: Arc<str>,
     op_timeout: Duration,
     notifier: listener::Notifier,
+    /// The writes running ([`run_to_end`]): closing the store waits for them.
+    writes: tokio_util::task::TaskTracker,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -324,6 +326,7 @@ impl PgStore {
             // A call may wait for a connection, then run a few statements.
             op_timeout: config.pool_timeout + config.statement_timeout * 2,
             notifier,
+            writes: tokio_util::task::TaskTracker::new(),
         };
         Ok(Self {
             shared: Arc::new(shared),
@@ -382,10 +385,15 @@ impl Shared {
 /// waiting worker would not hear of its job and a live stream would miss its events.
 /// It also keeps a connection from going back to the pool with a statement still
 /// running on it. Only the operation timeout ([`Shared::timed`]) cuts a write short.
+/// Once the store is closing, a new write is refused.
 async fn run_to_end<T: Send + 'static>(
+    writes: &tokio_util::task::TaskTracker,
     write: impl Future<Output = StoreResult<T>> + Send + 'static,
 ) -> StoreResult<T> {
-    match tokio::spawn(write).await {
+    if writes.is_closed() {
+        return Err(StoreError::Unavailable("this node is shutting down".into()));
+    }
+    match writes.spawn(write).await {
         Ok(out) => out,
         Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
         Err(_) => Err(StoreError::Unavailable(
@@ -477,7 +485,7 @@ fn is_conflict(e: &StoreError) -> bool {
 macro_rules! write_tx {
     ($store:ident, |$tx:ident, $fx:ident| $body:expr) => {{
         let shared = $store.shared.clone();
-        run_to_end(async move {
+        run_to_end(&$store.shared.writes, async move {
             let store = &*shared;
             let mut attempt = 0;
             loop {
@@ -531,7 +539,7 @@ macro_rules! write_tx {
 macro_rules! write_alone {
     ($store:ident, |$c:ident, $fx:ident| $body:expr) => {{
         let shared = $store.shared.clone();
-        run_to_end(async move {
+        run_to_end(&$store.shared.writes, async move {
             let store = &*shared;
             store
                 .timed(async {
@@ -560,7 +568,17 @@ impl Store for PgStore {
     }
 
     async fn close(&self) {
-        self.shared.notifier.close().await;
+        let s = &*self.shared;
+        // Writes begun before now end first (each within the operation timeout), so
+        // that what they commit is announced too.
+        s.writes.close();
+        if tokio::time::timeout(s.op_timeout, s.writes.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("writes still running at close: the other nodes may not hear of them");
+        }
+        s.notifier.close().await;
     }
 
     async fn api_key_get(&self, id: &KeyId) -> StoreResult<Option<ApiKeyRecord>> {

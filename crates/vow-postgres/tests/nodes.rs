@@ -340,6 +340,77 @@ async fn a_node_closing_sends_its_queued_notifications_first() {
     next_event_of(&mut heard, &last, "the other node hears the last write").await;
 }
 
+/// Closing a node waits for the writes still running, so the others hear of them
+/// too, and refuses new ones. Node `a`'s write takes 300 ms to commit (a deferred
+/// trigger) and its caller gives up after 50 ms; `a` then closes and its runtime is
+/// dropped, with every task on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_closing_waits_for_its_writes_in_flight() {
+    let db = tokio::task::spawn_blocking(|| Cluster::shared().database())
+        .await
+        .unwrap();
+    let b = node(&db).await;
+    let t = tenant(&b).await;
+    let mut heard = b.bus().subscribe();
+    let url = db.url.clone();
+    let (b2, t2) = (b.clone(), t.clone());
+    let refused = tokio::task::spawn_blocking(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let a = Arc::new(
+                PgStore::connect(&format!("{url}?pool_size=2"))
+                    .await
+                    .unwrap(),
+            );
+            until_listening(&b2, &a, &t2).await;
+            let (admin, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                .await
+                .unwrap();
+            tokio::spawn(conn);
+            admin
+                .batch_execute(
+                    "CREATE FUNCTION slow_commit() RETURNS trigger LANGUAGE plpgsql AS $$ \
+                     BEGIN PERFORM pg_sleep(0.3); RETURN NULL; END $$; \
+                     CREATE CONSTRAINT TRIGGER slow_commit AFTER INSERT ON jobs \
+                     DEFERRABLE INITIALLY DEFERRED FOR EACH ROW \
+                     EXECUTE FUNCTION slow_commit();",
+                )
+                .await
+                .unwrap();
+            let q: QueueName = "late".parse().unwrap();
+            let gone = tokio::time::timeout(
+                Duration::from_millis(50),
+                a.job_insert_many(enqueue(&t2, &q, 1)),
+            )
+            .await;
+            assert!(gone.is_err(), "the caller gave up first");
+            a.close().await;
+            a.job_insert_many(enqueue(&t2, &q, 1)).await
+        })
+    })
+    .await
+    .unwrap();
+    assert!(
+        matches!(refused, Err(StoreError::Unavailable(_))),
+        "{refused:?}"
+    );
+    let late = tokio::time::timeout(Duration::from_secs(3), async {
+        loop {
+            let e = heard.recv().await.unwrap();
+            if e.event.queue.as_str() == "late" {
+                break e;
+            }
+        }
+    })
+    .await
+    .expect("the other node hears of the write that was in flight");
+    assert_eq!(late.tenant_id, t);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_outage_is_unavailable_not_a_hang_and_the_nodes_recover() {
     let cluster = tokio::task::spawn_blocking(Cluster::throwaway)

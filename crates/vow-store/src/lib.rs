@@ -37,8 +37,9 @@ pub trait Store: Send + Sync + 'static {
     fn bus(&self) -> &Bus;
 
     /// Finishes what the store still owes others before the process exits: the
-    /// PostgreSQL store sends the notifications still queued for the other nodes. Called
-    /// once, after the last write (graceful shutdown); bounded in time.
+    /// PostgreSQL store waits for its writes in flight, refuses new ones
+    /// (`Unavailable`), and sends the notifications still queued for the other nodes.
+    /// Called once, at the end of a graceful shutdown; bounded in time.
     async fn close(&self) {}
 
     /// Looks up an API key by id (revoked keys included, with `revoked_at` set).
