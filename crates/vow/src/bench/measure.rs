@@ -132,6 +132,62 @@ pub struct Machine {
     pub vow_version: &'static str,
     /// `release` or `debug`: figures from a debug build are not worth comparing.
     pub build: &'static str,
+    /// The disk under the temp dir (where the spawned servers keep their data) when
+    /// the run started: what one durable write costs bounds every durable figure.
+    pub disk_sync_at_start: Option<DiskSync>,
+    /// The same at the end: on a shared host it drifts, sometimes by half.
+    pub disk_sync_at_end: Option<DiskSync>,
+}
+
+/// How long a 4 KiB append followed by `fdatasync` takes, over [`DiskSync::SAMPLES`]
+/// in a row: the cost of one durable commit. A client that waits for each commit
+/// cannot go faster than one per `p50_us` (W1's ceiling).
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct DiskSync {
+    /// Median, in microseconds.
+    pub p50_us: f64,
+    /// 90th percentile, in microseconds.
+    pub p90_us: f64,
+}
+
+impl DiskSync {
+    /// Appends measured.
+    const SAMPLES: usize = 200;
+
+    /// Measures in `dir` (with a file of its own, removed after); `None` if the
+    /// directory cannot be written.
+    pub fn probe(dir: &Path) -> Option<Self> {
+        use std::io::Write;
+        let path = dir.join(format!("vow-bench-sync-{}", std::process::id()));
+        let mut file = std::fs::OpenOptions::new()
+            .create_new(true)
+            .append(true)
+            .open(&path)
+            .ok()?;
+        let page = [0x5a_u8; 4096];
+        let mut us = Vec::with_capacity(Self::SAMPLES);
+        for _ in 0..Self::SAMPLES {
+            let started = std::time::Instant::now();
+            if file
+                .write_all(&page)
+                .and_then(|()| file.sync_data())
+                .is_err()
+            {
+                break;
+            }
+            us.push(started.elapsed().as_secs_f64() * 1e6);
+        }
+        drop(file);
+        let _ = std::fs::remove_file(&path);
+        if us.len() < Self::SAMPLES {
+            return None;
+        }
+        us.sort_by(f64::total_cmp);
+        Some(Self {
+            p50_us: us[us.len() / 2],
+            p90_us: us[us.len() * 9 / 10],
+        })
+    }
 }
 
 impl Machine {
@@ -172,6 +228,8 @@ impl Machine {
             } else {
                 "release"
             },
+            disk_sync_at_start: DiskSync::probe(&std::env::temp_dir()),
+            disk_sync_at_end: None,
         }
     }
 }
@@ -234,5 +292,14 @@ mod tests {
         assert!(peak_rss_bytes(Pid::Current).unwrap() > 0);
         let text = "Name:\tvow\nVmHWM:\t   12345 kB\nVmRSS:\t 1 kB\n";
         assert_eq!(parse_kib_field(text, "VmHWM:"), Some(12345));
+    }
+
+    #[test]
+    fn a_durable_append_is_timed_and_leaves_nothing_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let sync = DiskSync::probe(dir.path()).expect("a writable temp dir");
+        assert!(sync.p50_us > 0.0 && sync.p90_us >= sync.p50_us, "{sync:?}");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+        assert!(DiskSync::probe(&dir.path().join("missing")).is_none());
     }
 }

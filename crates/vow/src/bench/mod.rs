@@ -213,6 +213,7 @@ pub async fn run(args: &BenchArgs, target: Target) -> anyhow::Result<ExitCode> {
         }
     }
     machine.load_at_end = measure::load_average();
+    machine.disk_sync_at_end = measure::DiskSync::probe(&std::env::temp_dir());
     let ok = results.iter().all(|r| r.ok);
     let report = Report {
         tool: "vow bench",

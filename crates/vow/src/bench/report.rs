@@ -5,7 +5,7 @@ use comfy_table::{presets, ContentArrangement, Table};
 use serde::Serialize;
 use vow_core::api::QueueCounts;
 
-use super::measure::Machine;
+use super::measure::{DiskSync, Machine};
 
 /// Percentiles of a list of durations, in milliseconds (nearest rank).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
@@ -303,6 +303,31 @@ fn percent(x: Option<f64>) -> String {
         .unwrap_or_else(|| "unknown".to_owned())
 }
 
+/// What a durable write cost on this disk at the start and the end of the run, and
+/// the ceiling that puts on a client waiting for each one (W1).
+fn disk_line(start: Option<DiskSync>, end: Option<DiskSync>) -> String {
+    let one = |d: DiskSync| {
+        format!(
+            "p50 {:.0} µs (p90 {:.0}), at most {} durable writes/s one after another",
+            d.p50_us,
+            d.p90_us,
+            thousands(1e6 / d.p50_us)
+        )
+    };
+    match (start, end) {
+        (Some(s), Some(e)) => format!(
+            "\ndisk (4 KiB append + fdatasync in the temp dir): at start {}; at end {}",
+            one(s),
+            one(e)
+        ),
+        (Some(d), None) | (None, Some(d)) => format!(
+            "\ndisk (4 KiB append + fdatasync in the temp dir): {}",
+            one(d)
+        ),
+        (None, None) => String::new(),
+    }
+}
+
 /// The results as a table for people.
 pub fn table(report: &Report) -> String {
     let mut t = Table::new();
@@ -352,6 +377,10 @@ pub fn table(report: &Report) -> String {
             out.push_str(&notice_lines(&r.id, nf));
         }
     }
+    out.push_str(&disk_line(
+        report.machine.disk_sync_at_start,
+        report.machine.disk_sync_at_end,
+    ));
     if let Some(path) = &report.server_config {
         out.push_str(&format!(
             "\nnote: the servers ran with --server-config {path}, not the default settings"
