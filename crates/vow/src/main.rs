@@ -30,12 +30,6 @@ use cli::{
 };
 use settings::KeyFile;
 
-/// mimalloc instead of glibc's malloc for every Rust allocation: requests, jobs and
-/// their JSON are allocated on one thread and freed on another (the SQLite writer, the
-/// runtime's workers), which glibc serves through locked arenas.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> ExitCode {
     let matches = <Cli as clap::CommandFactory>::command().get_matches();
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
