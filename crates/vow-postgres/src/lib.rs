@@ -390,10 +390,16 @@ async fn run_to_end<T: Send + 'static>(
     writes: &tokio_util::task::TaskTracker,
     write: impl Future<Output = StoreResult<T>> + Send + 'static,
 ) -> StoreResult<T> {
+    // Counted before the check, so that `close` either sees this write or refuses it.
+    let counted = writes.token();
     if writes.is_closed() {
         return Err(StoreError::Unavailable("this node is shutting down".into()));
     }
-    match writes.spawn(write).await {
+    let write = async move {
+        let _counted = counted;
+        write.await
+    };
+    match tokio::spawn(write).await {
         Ok(out) => out,
         Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
         Err(_) => Err(StoreError::Unavailable(
