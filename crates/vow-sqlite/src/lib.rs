@@ -1,9 +1,8 @@
 //! vow's embedded store: SQLite in WAL mode, every answer durable.
 //!
 //! One writer thread owns the only write connection (but for a lone short write, which
-//! runs on its caller's thread while the writer is idle: [`WriteSide::run_inline`]). It
-//! takes every command queued on its channel, runs each inside a savepoint of one
-//! transaction and commits once. A
+//! runs on its caller's thread while the writer is idle). It takes every command queued
+//! on its channel, runs each inside a savepoint of one transaction and commits once. A
 //! syncer thread then `fdatasync`s the write-ahead log and only then answers the
 //! callers and publishes their effects on the [`Bus`]. Under load, hundreds of enqueues
 //! and acks share one sync (group commit), and the writer runs the next transaction
