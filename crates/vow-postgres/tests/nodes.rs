@@ -300,20 +300,17 @@ async fn enqueue_wakes(from: &PgStore, to: &PgStore, t: &TenantId, q: &QueueName
         .expect(what);
 }
 
-/// A node that shuts down right after a write still tells the others of it: closing
-/// the store sends the notifications still queued. Node `a` runs on a runtime of its
-/// own, dropped (with every task on it) as soon as `close` returns.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_node_closing_sends_its_queued_notifications_first() {
-    let db = tokio::task::spawn_blocking(|| Cluster::shared().database())
-        .await
-        .unwrap();
-    let b = node(&db).await;
-    let t = tenant(&b).await;
-    let mut heard = b.bus().subscribe();
-    let url = db.url.clone();
-    let (b2, t2) = (b.clone(), t.clone());
-    let last = tokio::task::spawn_blocking(move || {
+/// Runs `body` with a node `a` of its own (`body` gets it, the tenant and the database
+/// URL) that listens beside `b`, on a runtime of its own, dropped with every task on it
+/// as soon as `body` returns: as when a process exits.
+async fn on_a_node_of_its_own<T, F, Fut>(url: &str, b: &Arc<PgStore>, t: &TenantId, body: F) -> T
+where
+    T: Send + 'static,
+    F: FnOnce(Arc<PgStore>, TenantId, String) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = T>,
+{
+    let (url, b, t) = (url.to_owned(), b.clone(), t.clone());
+    tokio::task::spawn_blocking(move || {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
@@ -325,18 +322,35 @@ async fn a_node_closing_sends_its_queued_notifications_first() {
                     .await
                     .unwrap(),
             );
-            until_listening(&b2, &a, &t2).await;
-            let q: QueueName = "last".parse().unwrap();
-            let job = a.job_insert_many(enqueue(&t2, &q, 1)).await.unwrap()[0]
-                .job
-                .id
-                .clone();
-            a.close().await;
-            job
+            until_listening(&b, &a, &t).await;
+            body(a, t, url).await
         })
     })
     .await
-    .unwrap();
+    .unwrap()
+}
+
+/// A node that shuts down right after a write still tells the others of it: closing
+/// the store sends the notifications still queued. Node `a` runs on a runtime of its
+/// own, dropped (with every task on it) as soon as `close` returns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_closing_sends_its_queued_notifications_first() {
+    let db = tokio::task::spawn_blocking(|| Cluster::shared().database())
+        .await
+        .unwrap();
+    let b = node(&db).await;
+    let t = tenant(&b).await;
+    let mut heard = b.bus().subscribe();
+    let last = on_a_node_of_its_own(&db.url, &b, &t, |a, t, _| async move {
+        let q: QueueName = "last".parse().unwrap();
+        let job = a.job_insert_many(enqueue(&t, &q, 1)).await.unwrap()[0]
+            .job
+            .id
+            .clone();
+        a.close().await;
+        job
+    })
+    .await;
     next_event_of(&mut heard, &last, "the other node hears the last write").await;
 }
 
@@ -352,48 +366,32 @@ async fn a_node_closing_waits_for_its_writes_in_flight() {
     let b = node(&db).await;
     let t = tenant(&b).await;
     let mut heard = b.bus().subscribe();
-    let url = db.url.clone();
-    let (b2, t2) = (b.clone(), t.clone());
-    let refused = tokio::task::spawn_blocking(move || {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
+    let refused = on_a_node_of_its_own(&db.url, &b, &t, |a, t, url| async move {
+        let (admin, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+            .await
             .unwrap();
-        rt.block_on(async move {
-            let a = Arc::new(
-                PgStore::connect(&format!("{url}?pool_size=2"))
-                    .await
-                    .unwrap(),
-            );
-            until_listening(&b2, &a, &t2).await;
-            let (admin, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-                .await
-                .unwrap();
-            tokio::spawn(conn);
-            admin
-                .batch_execute(
-                    "CREATE FUNCTION slow_commit() RETURNS trigger LANGUAGE plpgsql AS $$ \
-                     BEGIN PERFORM pg_sleep(0.3); RETURN NULL; END $$; \
-                     CREATE CONSTRAINT TRIGGER slow_commit AFTER INSERT ON jobs \
-                     DEFERRABLE INITIALLY DEFERRED FOR EACH ROW \
-                     EXECUTE FUNCTION slow_commit();",
-                )
-                .await
-                .unwrap();
-            let q: QueueName = "late".parse().unwrap();
-            let gone = tokio::time::timeout(
-                Duration::from_millis(50),
-                a.job_insert_many(enqueue(&t2, &q, 1)),
+        tokio::spawn(conn);
+        admin
+            .batch_execute(
+                "CREATE FUNCTION slow_commit() RETURNS trigger LANGUAGE plpgsql AS $$ \
+                 BEGIN PERFORM pg_sleep(0.3); RETURN NULL; END $$; \
+                 CREATE CONSTRAINT TRIGGER slow_commit AFTER INSERT ON jobs \
+                 DEFERRABLE INITIALLY DEFERRED FOR EACH ROW \
+                 EXECUTE FUNCTION slow_commit();",
             )
-            .await;
-            assert!(gone.is_err(), "the caller gave up first");
-            a.close().await;
-            a.job_insert_many(enqueue(&t2, &q, 1)).await
-        })
+            .await
+            .unwrap();
+        let q: QueueName = "late".parse().unwrap();
+        let gone = tokio::time::timeout(
+            Duration::from_millis(50),
+            a.job_insert_many(enqueue(&t, &q, 1)),
+        )
+        .await;
+        assert!(gone.is_err(), "the caller gave up first");
+        a.close().await;
+        a.job_insert_many(enqueue(&t, &q, 1)).await
     })
-    .await
-    .unwrap();
+    .await;
     assert!(
         matches!(refused, Err(StoreError::Unavailable(_))),
         "{refused:?}"

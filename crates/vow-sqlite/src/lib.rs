@@ -1171,6 +1171,36 @@ mod tests {
         );
     }
 
+    /// Right after the answer to write `i`: at least as many syncs have returned as
+    /// transactions were committed.
+    fn assert_synced(stats: &WriterStats, i: usize) {
+        let syncs = stats.syncs.load(Ordering::Acquire);
+        let commits = stats.commits.load(Ordering::Relaxed);
+        assert!(
+            syncs >= commits,
+            "write {i}: {commits} commits, {syncs} syncs"
+        );
+    }
+
+    /// The sizes of the write-ahead log and of the database file at `path`.
+    fn log_and_database_bytes(path: &Path) -> (u64, u64) {
+        let mut wal = path.as_os_str().to_owned();
+        wal.push("-wal");
+        let bytes = |p: &std::ffi::OsStr| std::fs::metadata(p).unwrap().len();
+        (bytes(&wal), bytes(path.as_os_str()))
+    }
+
+    /// Writes a row of `bytes` zeros into the `scratch` table.
+    async fn insert_scratch(store: &SqliteStore, bytes: usize) {
+        store
+            .write(move |c, _| {
+                c.execute("INSERT INTO scratch (b) VALUES (zeroblob(?1))", [bytes])
+                    .map_err(internal)
+            })
+            .await
+            .unwrap();
+    }
+
     /// Nobody hears of a write before the sync that made it durable: right after each
     /// answer, at least as many syncs have returned as transactions were committed.
     #[tokio::test]
@@ -1189,12 +1219,7 @@ mod tests {
                 })
                 .await
                 .unwrap();
-            let syncs = stats.syncs.load(Ordering::Acquire);
-            let commits = stats.commits.load(Ordering::Relaxed);
-            assert!(
-                syncs >= commits,
-                "write {i}: {commits} commits, {syncs} syncs"
-            );
+            assert_synced(stats, i);
         }
         assert!(stats.commits.load(Ordering::Relaxed) >= 50);
     }
@@ -1218,30 +1243,16 @@ mod tests {
             .unwrap();
         // About 4,000 pages in all: four times the checkpoint size.
         for i in 0..2_000 {
-            store
-                .write(|c, _| {
-                    c.execute("INSERT INTO scratch (b) VALUES (zeroblob(6000))", [])
-                        .map_err(internal)
-                })
-                .await
-                .unwrap();
-            let syncs = stats.syncs.load(Ordering::Acquire);
-            let commits = stats.commits.load(Ordering::Relaxed);
-            assert!(
-                syncs >= commits,
-                "write {i}: {commits} commits, {syncs} syncs"
-            );
+            insert_scratch(&store, 6_000).await;
+            assert_synced(stats, i);
         }
         let inline = stats.inline.load(Ordering::Relaxed);
         assert!(
             inline > 1_500,
             "{inline} of 2,001 writes ran on the caller's thread"
         );
-        let mut wal = path.clone().into_os_string();
-        wal.push("-wal");
-        let wal_bytes = std::fs::metadata(&wal).unwrap().len();
+        let (wal_bytes, db_bytes) = log_and_database_bytes(&path);
         assert!(wal_bytes < 8_000_000, "the log grew to {wal_bytes} bytes");
-        let db_bytes = std::fs::metadata(&path).unwrap().len();
         assert!(
             db_bytes > 8_000_000,
             "the rows reached the database: {db_bytes} bytes"
@@ -1257,18 +1268,11 @@ mod tests {
             let writes: Vec<_> = (0..16)
                 .map(|_| {
                     let store = store.clone();
-                    tokio::spawn(async move {
-                        store
-                            .write(|c, _| {
-                                c.execute("INSERT INTO scratch (b) VALUES (zeroblob(100))", [])
-                                    .map_err(internal)
-                            })
-                            .await
-                    })
+                    tokio::spawn(async move { insert_scratch(&store, 100).await })
                 })
                 .collect();
             for w in writes {
-                w.await.unwrap().unwrap();
+                w.await.unwrap();
             }
         }
         let stats = store.writer_stats();
@@ -1313,10 +1317,7 @@ mod tests {
         for t in tasks {
             t.await.unwrap();
         }
-        let mut wal = path.clone().into_os_string();
-        wal.push("-wal");
-        let wal_bytes = std::fs::metadata(&wal).unwrap().len();
-        let db_bytes = std::fs::metadata(&path).unwrap().len();
+        let (wal_bytes, db_bytes) = log_and_database_bytes(&path);
         assert!(
             db_bytes > 20_000_000,
             "the rows reached the database file: {db_bytes} bytes"
