@@ -534,8 +534,7 @@ impl WriteSide {
             .committing
             .fetch_add(1, Ordering::SeqCst)
             + 1;
-        let (commit, wrote) = end_transaction(&conn, failed);
-        self.committed(wrote);
+        let (commit, wrote) = self.end_transaction(&conn, failed);
         drop(conn);
         if wrote {
             self.sync.log();
@@ -545,33 +544,38 @@ impl WriteSide {
         None
     }
 
-    /// After a commit on the calling thread: counts it, and records the log's size
-    /// (SQLite's WAL hook tells the committing thread).
-    fn committed(&self, wrote: bool) {
+    /// Ends the open transaction: rolls back a lone command that failed (it ran
+    /// without a savepoint), else commits, rolling the whole back if the commit fails.
+    /// Counts the commit and records the log's size if it wrote frames (SQLite's WAL
+    /// hook tells the committing thread, and only when frames were written). Returns
+    /// how it ended and whether it committed.
+    fn end_transaction(
+        &self,
+        conn: &Connection,
+        lone_failed: bool,
+    ) -> (Result<(), Arc<str>>, bool) {
+        WAL_FRAMES.set(-1);
+        let commit: Result<(), Arc<str>> = if lone_failed {
+            exec_cached(conn, "ROLLBACK").map_err(|e| e.to_string().into())
+        } else {
+            exec_cached(conn, "COMMIT").map_err(|e| {
+                let msg: Arc<str> = e.to_string().into();
+                tracing::error!(error = %msg, "commit failed; rolling back the group");
+                let _ = conn.execute_batch("ROLLBACK");
+                msg
+            })
+        };
+        let wrote = commit.is_ok() && !lone_failed;
         if wrote {
             self.sync.stats.commits.fetch_add(1, Ordering::Relaxed);
             metrics::counter!("vow_sqlite_commits_total").increment(1);
         }
-        self.frames.store(WAL_FRAMES.get(), Ordering::Relaxed);
+        let frames = WAL_FRAMES.get();
+        if frames >= 0 {
+            self.frames.store(frames, Ordering::Relaxed);
+        }
+        (commit, wrote)
     }
-}
-
-/// Ends the open transaction: rolls back a lone command that failed (it ran without a
-/// savepoint), else commits, rolling the whole back if the commit fails. Returns how it
-/// ended and whether it wrote to the log.
-fn end_transaction(conn: &Connection, lone_failed: bool) -> (Result<(), Arc<str>>, bool) {
-    let commit: Result<(), Arc<str>> = if lone_failed {
-        exec_cached(conn, "ROLLBACK").map_err(|e| e.to_string().into())
-    } else {
-        exec_cached(conn, "COMMIT").map_err(|e| {
-            let msg: Arc<str> = e.to_string().into();
-            tracing::error!(error = %msg, "commit failed; rolling back the group");
-            let _ = conn.execute_batch("ROLLBACK");
-            msg
-        })
-    };
-    let wrote = commit.is_ok() && !lone_failed;
-    (commit, wrote)
 }
 
 /// What the writer and the syncer share to make transactions durable: the log, the
@@ -842,8 +846,7 @@ fn writer_loop(
         metrics::counter!("vow_sqlite_write_commands_total").increment(ran as u64);
         let seq = sync.durability.committing.fetch_add(1, Ordering::SeqCst) + 1;
         // A lone command that failed ran without a savepoint: undo whatever it wrote.
-        let (commit, wrote) = end_transaction(&conn, alone && failed);
-        side.committed(wrote);
+        let (commit, wrote) = side.end_transaction(&conn, alone && failed);
         if in_flight == 0 && rx.is_empty() {
             // Nothing waits to run and nothing is being synced, so there is nothing to
             // overlap the sync with: sync here rather than wake the syncer (one thread
