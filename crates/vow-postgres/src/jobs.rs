@@ -72,8 +72,9 @@ pub(crate) async fn query_alone(
     sql: &str,
     params: &Params<'_>,
 ) -> StoreResult<Vec<Row>> {
-    let st = c.prepare_cached(sql).await.map_err(pg_err)?;
-    c.query(&st, params).await.map_err(pg_err)
+    // The same call as inside a transaction: what makes it commit alone is that the
+    // caller has opened none.
+    query(c, sql, params).await
 }
 
 /// Runs a statement through the connection's statement cache.

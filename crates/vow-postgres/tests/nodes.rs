@@ -300,6 +300,22 @@ async fn enqueue_wakes(from: &PgStore, to: &PgStore, t: &TenantId, q: &QueueName
         .expect(what);
 }
 
+/// A fresh database, a node `b` on it with a tenant, and what `b`'s bus hears.
+async fn a_node_listening() -> (
+    TestDb,
+    Arc<PgStore>,
+    TenantId,
+    tokio::sync::broadcast::Receiver<Arc<vow_store::BusEvent>>,
+) {
+    let db = tokio::task::spawn_blocking(|| Cluster::shared().database())
+        .await
+        .unwrap();
+    let b = node(&db).await;
+    let t = tenant(&b).await;
+    let heard = b.bus().subscribe();
+    (db, b, t, heard)
+}
+
 /// Runs `body` with a node `a` of its own (`body` gets it, the tenant and the database
 /// URL) that listens beside `b`, on a runtime of its own, dropped with every task on it
 /// as soon as `body` returns: as when a process exits.
@@ -335,12 +351,7 @@ where
 /// own, dropped (with every task on it) as soon as `close` returns.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_closing_sends_its_queued_notifications_first() {
-    let db = tokio::task::spawn_blocking(|| Cluster::shared().database())
-        .await
-        .unwrap();
-    let b = node(&db).await;
-    let t = tenant(&b).await;
-    let mut heard = b.bus().subscribe();
+    let (db, b, t, mut heard) = a_node_listening().await;
     let last = on_a_node_of_its_own(&db.url, &b, &t, |a, t, _| async move {
         let q: QueueName = "last".parse().unwrap();
         let job = a.job_insert_many(enqueue(&t, &q, 1)).await.unwrap()[0]
@@ -360,12 +371,7 @@ async fn a_node_closing_sends_its_queued_notifications_first() {
 /// dropped, with every task on it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_closing_waits_for_its_writes_in_flight() {
-    let db = tokio::task::spawn_blocking(|| Cluster::shared().database())
-        .await
-        .unwrap();
-    let b = node(&db).await;
-    let t = tenant(&b).await;
-    let mut heard = b.bus().subscribe();
+    let (db, b, t, mut heard) = a_node_listening().await;
     let refused = on_a_node_of_its_own(&db.url, &b, &t, |a, t, url| async move {
         let (admin, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
             .await
