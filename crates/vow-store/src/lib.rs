@@ -36,10 +36,11 @@ pub trait Store: Send + Sync + 'static {
     /// The bus this store publishes wake-ups and job events on.
     fn bus(&self) -> &Bus;
 
-    /// Finishes what the store still owes others before the process exits: the
-    /// PostgreSQL store waits for its writes in flight, refuses new ones
-    /// (`Unavailable`), and sends the notifications still queued for the other nodes.
-    /// Called once, at the end of a graceful shutdown; bounded in time.
+    /// Finishes what the store still owes before the process exits. Both stores refuse
+    /// new writes (`Unavailable`) and wait for those in flight; the PostgreSQL store then
+    /// sends the notifications still queued for the other nodes, the SQLite store
+    /// checkpoints and truncates its log. Called once, at the end of a graceful
+    /// shutdown; bounded in time.
     async fn close(&self) {}
 
     /// Looks up an API key by id (revoked keys included, with `revoked_at` set).
