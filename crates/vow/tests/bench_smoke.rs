@@ -112,6 +112,20 @@ fn w1_to_w4_run_against_a_spawned_server_and_counts_hold() {
         } else {
             assert!(w["jobs_per_s"].as_f64().unwrap() > 0.0, "{id}");
         }
+        if id.starts_with("W3") {
+            // Every ack is timed, and every lease that came back with jobs: one job each
+            // in W3a, up to 16 in W3b.
+            let (leases, acks) = (&w["lease_request_ms"], &w["ack_request_ms"]);
+            assert_eq!(acks["count"], w["ack_requests"], "{id}: {w:#}");
+            let timed = leases["count"].as_u64().unwrap();
+            let least = if id == "W3a" { 500 } else { 500 / 16 };
+            assert!(timed >= least, "{id}: {w:#}");
+            assert!(
+                timed <= w["lease_requests"].as_u64().unwrap(),
+                "{id}: {w:#}"
+            );
+            assert!(leases["p50"].as_f64().unwrap() > 0.0, "{id}: {w:#}");
+        }
     }
 }
 

@@ -327,6 +327,8 @@ async fn run_one(target: &Target, r: &mut WorkloadResult) -> anyhow::Result<()> 
     if r.id.starts_with("W3") || r.id == "W6" {
         r.lease_requests = Some(m.leases);
         r.ack_requests = Some(m.acks);
+        r.lease_request_ms = Percentiles::of(&m.lease_ms);
+        r.ack_request_ms = Percentiles::of(&m.ack_ms);
     }
     r.duplicates = m.duplicates;
     r.notices = m.notices.map(|mut nf| {

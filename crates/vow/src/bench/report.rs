@@ -118,6 +118,10 @@ pub struct WorkloadResult {
     pub lease_requests: Option<u64>,
     /// Completes (W3a) or ack requests (W3b, W6) in the timed part.
     pub ack_requests: Option<u64>,
+    /// Time of each lease request that returned jobs (W3, W6), ms.
+    pub lease_request_ms: Option<Percentiles>,
+    /// Time of each complete (W3a) or ack request (W3b, W6), ms.
+    pub ack_request_ms: Option<Percentiles>,
     /// W6: the completion notices, as the receiver and the server saw them.
     pub notices: Option<NoticeFigures>,
     /// Server CPU over the timed part, % of one core; `None` when unknown.
@@ -156,6 +160,8 @@ impl WorkloadResult {
             latency_ms: None,
             request_ms: None,
             lease_requests: None,
+            lease_request_ms: None,
+            ack_request_ms: None,
             ack_requests: None,
             notices: None,
             server_cpu_percent: None,

@@ -121,6 +121,10 @@ pub struct Measured {
     pub leases: u64,
     /// Ack requests (W3 batched, W6) or completes (W3 per job, W4).
     pub acks: u64,
+    /// Duration of each lease request that returned jobs (W3, W6), in ms.
+    pub lease_ms: Vec<f64>,
+    /// Duration of each ack request or complete (W3, W6), in ms.
+    pub ack_ms: Vec<f64>,
     /// W6: what the receiver and the server saw of the notices.
     pub notices: Option<NoticeFigures>,
 }
@@ -239,6 +243,8 @@ struct Progress {
     duplicates: AtomicU64,
     leases: AtomicU64,
     acks: AtomicU64,
+    lease_ms: Mutex<Vec<f64>>,
+    ack_ms: Mutex<Vec<f64>>,
     seen: Mutex<HashSet<JobId>>,
     finished: CancellationToken,
     pb: ProgressBar,
@@ -252,6 +258,8 @@ impl Progress {
             duplicates: AtomicU64::new(0),
             leases: AtomicU64::new(0),
             acks: AtomicU64::new(0),
+            lease_ms: Mutex::new(Vec::new()),
+            ack_ms: Mutex::new(Vec::new()),
             seen: Mutex::new(HashSet::with_capacity(n as usize)),
             finished: CancellationToken::new(),
             pb: pb.clone(),
@@ -268,6 +276,21 @@ impl Progress {
         if !fresh {
             self.duplicates.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// A lease request begun at `started` came back with `jobs` jobs (an empty one, at
+    /// the end of the drain, is counted but not timed: it waited for jobs).
+    fn leased(&self, started: Instant, jobs: usize) {
+        self.leases.fetch_add(1, Ordering::Relaxed);
+        if jobs > 0 {
+            lock(&self.lease_ms).push(ms(started.elapsed()));
+        }
+    }
+
+    /// An ack request (or a complete) begun at `started` came back.
+    fn acked(&self, started: Instant) {
+        self.acks.fetch_add(1, Ordering::Relaxed);
+        lock(&self.ack_ms).push(ms(started.elapsed()));
     }
 
     /// `k` more jobs are done; the last one signals `finished`.
@@ -291,6 +314,8 @@ impl Progress {
             duplicates: self.duplicates.load(Ordering::Relaxed),
             leases: self.leases.load(Ordering::Relaxed),
             acks: self.acks.load(Ordering::Relaxed),
+            lease_ms: std::mem::take(&mut *lock(&self.lease_ms)),
+            ack_ms: std::mem::take(&mut *lock(&self.ack_ms)),
             ..Measured::default()
         }
     }
@@ -368,23 +393,25 @@ pub async fn w3_drain_per_job(
         tasks.spawn(async move {
             let req = lease_request(&format!("vow-bench/w3a-{slot}"), 1);
             loop {
+                let started = Instant::now();
                 let resp = tokio::select! {
                     biased;
                     _ = p.finished.cancelled() => return Ok(()),
                     r = client.lease(&queue, &req) => r.context("lease")?,
                 };
-                p.leases.fetch_add(1, Ordering::Relaxed);
+                p.leased(started, resp.jobs.len());
                 for job in resp.jobs {
                     p.handled(&job.id);
                     let done = CompleteRequest {
                         lease_id: job.lease_id,
                         result: None,
                     };
+                    let started = Instant::now();
                     client
                         .complete(&job.id, &done)
                         .await
                         .with_context(|| format!("complete of {}", job.id))?;
-                    p.acks.fetch_add(1, Ordering::Relaxed);
+                    p.acked(started);
                     p.completed(1);
                 }
             }
@@ -433,12 +460,13 @@ fn spawn_batched_drain(
         let req = lease_request(worker_id, CONCURRENCY);
         tasks.spawn(async move {
             loop {
+                let started = Instant::now();
                 let resp = tokio::select! {
                     biased;
                     _ = p.finished.cancelled() => return Ok(()),
                     r = client.lease(&queue, &req) => r.context("lease")?,
                 };
-                p.leases.fetch_add(1, Ordering::Relaxed);
+                p.leased(started, resp.jobs.len());
                 anyhow::ensure!(
                     resp.jobs.len() <= CONCURRENCY as usize,
                     "asked for {CONCURRENCY} jobs, got {}",
@@ -468,6 +496,7 @@ fn spawn_batched_drain(
                     }
                 }
                 let sent = complete.len();
+                let started = Instant::now();
                 let resp = client
                     .ack(&AckRequest {
                         complete,
@@ -475,7 +504,7 @@ fn spawn_batched_drain(
                     })
                     .await
                     .context("ack")?;
-                p.acks.fetch_add(1, Ordering::Relaxed);
+                p.acked(started);
                 anyhow::ensure!(
                     resp.complete.len() == sent,
                     "an ack of {sent} completions came back with {} results",
