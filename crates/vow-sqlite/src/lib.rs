@@ -1104,6 +1104,13 @@ impl Store for SqliteStore {
             .await
     }
     async fn delivery_claim(&self, p: &DeliveryClaim) -> StoreResult<Vec<DeliveryTask>> {
+        // The dispatcher claims after every burst of completions, and most completions
+        // ask for no notice: a read finds that nothing is due without a transaction on
+        // the writer and its sync (about 40 a second in a drain, 5 % of its syncs).
+        let now = p.now;
+        if !self.read(move |c| notices::any_due(c, now)).await? {
+            return Ok(Vec::new());
+        }
         let p = p.clone();
         self.write_long(move |c, _| notices::delivery_claim(c, &p))
             .await
@@ -1475,6 +1482,33 @@ mod tests {
             reopened.read(|c| tenant_count(c, "after")).await.unwrap(),
             0
         );
+    }
+
+    /// A delivery claim that finds nothing due (the dispatcher's claim after
+    /// completions that asked for no notice) commits nothing and syncs nothing.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_claim_with_nothing_due_takes_no_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path().join("vow.db")).unwrap();
+        let stats = store.writer_stats();
+        let before = (
+            stats.commits.load(Ordering::Acquire),
+            stats.syncs.load(Ordering::Acquire),
+        );
+        let claim = DeliveryClaim {
+            now: Timestamp(i64::MAX / 2),
+            limit: 100,
+            hold_ms: 60_000,
+            breaker: Default::default(),
+            per_endpoint: 100,
+            in_flight: Default::default(),
+        };
+        assert!(store.delivery_claim(&claim).await.unwrap().is_empty());
+        let after = (
+            stats.commits.load(Ordering::Acquire),
+            stats.syncs.load(Ordering::Acquire),
+        );
+        assert_eq!(after, before, "(commits, syncs) before and after the claim");
     }
 
     fn insert_tenant(c: &Connection, name: &str) -> StoreResult<usize> {

@@ -341,6 +341,16 @@ fn webhook_secrets(
     Ok(row.map(|(cur, prev, until)| secrets_of(cur, prev, until, now)))
 }
 
+/// Whether any delivery is due at `now` (what [`delivery_claim`] would look at first).
+pub(crate) fn any_due(c: &Connection, now: Timestamp) -> StoreResult<bool> {
+    c.prepare_cached(
+        "SELECT EXISTS (SELECT 1 FROM deliveries INDEXED BY deliveries_due \
+         WHERE state = 'pending' AND next_attempt_at <= ?1)",
+    )
+    .and_then(|mut s| s.query_row([now.0], |r| r.get(0)))
+    .map_err(internal)
+}
+
 pub(crate) fn delivery_claim(c: &Connection, p: &DeliveryClaim) -> StoreResult<Vec<DeliveryTask>> {
     // Pass 1 walks the due index (it covers tenant and endpoint, so no row is read) and
     // picks deliveries in due order, skipping open breakers and saturated endpoints: a
