@@ -9,13 +9,62 @@ use vow_core::api::{JobEventView, Page};
 use vow_core::machine::{apply, EventKind, Op, Refusal};
 use vow_core::notice::NoticeType;
 use vow_core::retry::jitter;
-use vow_core::{Job, JobId, JobState, LeaseId, TenantId, Timestamp};
+use vow_core::{Job, JobId, JobState, LeaseId, QueueName, TenantId, Timestamp};
 use vow_store::*;
 
 use crate::rows::{
     event_from_row, event_insert, job_from_row, job_load, job_save, to_json, JOB_COLS,
 };
 use crate::{internal, Effects};
+
+/// Changes to the queues' job counts (`queue_counts`) made by one command, gathered as
+/// its jobs change state and written once at its end, in its transaction: a lease of 16
+/// jobs writes two rows, not 32.
+#[derive(Debug, Default)]
+pub(crate) struct Counts(Vec<(TenantId, QueueName, JobState, i64)>);
+
+impl Counts {
+    /// `by` more (or fewer) jobs of `tenant`'s `queue` in `state`.
+    pub(crate) fn add(&mut self, tenant: &TenantId, queue: &QueueName, state: JobState, by: i64) {
+        match self
+            .0
+            .iter_mut()
+            .find(|(t, q, s, _)| *s == state && q == queue && t == tenant)
+        {
+            Some(entry) => entry.3 += by,
+            None => self.0.push((tenant.clone(), queue.clone(), state, by)),
+        }
+    }
+
+    /// A job moved from `from` to `to`.
+    fn moved(&mut self, job: &Job, from: JobState) {
+        if from != job.state {
+            self.add(&job.tenant_id, &job.queue, from, -1);
+            self.add(&job.tenant_id, &job.queue, job.state, 1);
+        }
+    }
+
+    /// Writes the gathered changes and forgets them.
+    pub(crate) fn write(&mut self, c: &Connection) -> StoreResult<()> {
+        if self.0.is_empty() {
+            return Ok(());
+        }
+        let mut upsert = c
+            .prepare_cached(
+                "INSERT INTO queue_counts (tenant_id, queue, state, n) VALUES (?1, ?2, ?3, ?4) \
+                 ON CONFLICT (tenant_id, queue, state) DO UPDATE SET n = n + excluded.n",
+            )
+            .map_err(internal)?;
+        for (tenant, queue, state, by) in self.0.drain(..) {
+            if by != 0 {
+                upsert
+                    .execute(params![tenant.as_str(), queue.as_str(), state.as_str(), by])
+                    .map_err(internal)?;
+            }
+        }
+        Ok(())
+    }
+}
 
 fn refusal(r: Refusal) -> StoreError {
     match r {
@@ -51,6 +100,7 @@ fn transition_loaded(
     let is_heartbeat = matches!(op, Op::Heartbeat { .. });
     let kind = apply(&mut job, op, now, jitter()).map_err(refusal)?;
     job_save(c, &job).map_err(internal)?;
+    fx.counts.moved(&job, from);
     if !is_heartbeat {
         record(c, fx, &job, kind, Some(from), now)?;
     }
@@ -159,6 +209,7 @@ pub(crate) fn insert_many(
             ])
             .map_err(internal)?;
         let job = new.into_job(&p.tenant_id, &p.queue, p.now);
+        fx.counts.add(&job.tenant_id, &job.queue, job.state, 1);
         record(c, fx, &job, EventKind::Enqueued, None, p.now)?;
         out.push(Inserted { job, created: true });
     }
@@ -307,10 +358,10 @@ pub(crate) fn reap_expired(c: &Connection, fx: &mut Effects, now: Timestamp) -> 
 /// Deletes at most `p.limit` finished jobs past their state's cut-off, oldest first, and
 /// their events. Runs on the writer inside the group commit, so the batch stays small;
 /// the `jobs_finished` index makes finding them a range scan.
-pub(crate) fn prune(c: &Connection, p: &JobPrune) -> StoreResult<Pruned> {
+pub(crate) fn prune(c: &Connection, fx: &mut Effects, p: &JobPrune) -> StoreResult<Pruned> {
     let mut pick = c
         .prepare_cached(
-            "SELECT seq, id, tenant_id FROM jobs WHERE state = ?1 AND finished_at < ?2 \
+            "SELECT seq, id, tenant_id, queue FROM jobs WHERE state = ?1 AND finished_at < ?2 \
              ORDER BY finished_at LIMIT ?3",
         )
         .map_err(internal)?;
@@ -340,16 +391,23 @@ pub(crate) fn prune(c: &Connection, p: &JobPrune) -> StoreResult<Pruned> {
         if left == 0 {
             break;
         }
-        let doomed: Vec<(i64, String, String)> = pick
+        let doomed: Vec<(i64, String, String, String)> = pick
             .query_map(params![state.as_str(), before.0, left as i64], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
             })
             .and_then(|rows| rows.collect())
             .map_err(internal)?;
-        for (seq, id, tenant) in doomed {
+        for (seq, id, tenant, queue) in doomed {
             out.events += del_events.execute([&id, &tenant]).map_err(internal)?;
             out.events += blank_last.execute([&id, &tenant]).map_err(internal)?;
-            out.jobs += del_job.execute([seq]).map_err(internal)?;
+            let gone = del_job.execute([seq]).map_err(internal)?;
+            out.jobs += gone;
+            fx.counts.add(
+                &tenant.parse().map_err(internal)?,
+                &queue.parse().map_err(internal)?,
+                state,
+                -(gone as i64),
+            );
         }
     }
     c.prepare_cached(
@@ -421,20 +479,73 @@ pub(crate) fn event_list_since(
     .map_err(internal)
 }
 
+/// Most available jobs that a listing sorts whole (from `jobs_lease`) rather than find
+/// by walking the queue's jobs newest first.
+pub(crate) const SORT_AVAILABLE_UP_TO: u64 = 10_000;
+
+/// The index that lists a queue's jobs in `state` (or all of them), newest first,
+/// without walking many jobs of other states (schema 5), and a term the query must
+/// carry for SQLite to see that a partial index holds every row it asks for:
+///
+/// * scheduled, dead, cancelled: `jobs_parked`, exactly those;
+/// * running: `jobs_expiry`, every running job (as many as there are workers' slots),
+///   sorted;
+/// * available: `jobs_lease` sorted when the queue has few, else `jobs_queue` (a
+///   backlog is mostly its newest jobs);
+/// * completed, or any state: `jobs_queue`, the queue's jobs newest first.
+fn list_index(
+    c: &Connection,
+    tenant: &TenantId,
+    queue: &QueueName,
+    state: Option<JobState>,
+) -> StoreResult<(&'static str, &'static str)> {
+    Ok(match state {
+        Some(JobState::Scheduled | JobState::Dead | JobState::Cancelled) => (
+            "INDEXED BY jobs_parked",
+            // The index's own condition, word for word.
+            " AND state IN ('scheduled', 'dead', 'cancelled')",
+        ),
+        Some(JobState::Running) => ("INDEXED BY jobs_expiry", ""),
+        Some(JobState::Available) => {
+            let n: Option<i64> = c
+                .prepare_cached(
+                    "SELECT n FROM queue_counts \
+                     WHERE tenant_id = ?1 AND queue = ?2 AND state = 'available'",
+                )
+                .and_then(|mut s| {
+                    s.query_row(params![tenant.as_str(), queue.as_str()], |r| r.get(0))
+                        .optional()
+                })
+                .map_err(internal)?;
+            if n.unwrap_or(0) as u64 <= SORT_AVAILABLE_UP_TO {
+                ("INDEXED BY jobs_lease", "")
+            } else {
+                ("INDEXED BY jobs_queue", "")
+            }
+        }
+        Some(JobState::Completed) | None => ("INDEXED BY jobs_queue", ""),
+    })
+}
+
 pub(crate) fn list(c: &Connection, p: &JobList) -> StoreResult<Page<Job>> {
     let tenant = p
         .tenant_id
         .as_ref()
         .ok_or_else(|| internal("job_list needs a tenant"))?;
-    let mut sql = format!("SELECT {JOB_COLS} FROM jobs WHERE tenant_id = ?");
+    let (index, term) = match &p.queue {
+        Some(q) => list_index(c, tenant, q, p.state)?,
+        None => ("", ""),
+    };
+    let mut sql = format!("SELECT {JOB_COLS} FROM jobs {index} WHERE tenant_id = ?{term}");
     let mut args: Vec<String> = vec![tenant.to_string()];
     if let Some(q) = &p.queue {
         sql.push_str(" AND queue = ?");
         args.push(q.to_string());
     }
     if let Some(s) = &p.state {
-        sql.push_str(" AND state = ?");
-        args.push(s.as_str().to_owned());
+        // A literal (a state's name is one of six words), so that a partial index on
+        // the state can serve the query.
+        sql.push_str(&format!(" AND state = '{}'", s.as_str()));
     }
     if let Some(g) = &p.group {
         sql.push_str(" AND grp = ?");

@@ -55,12 +55,14 @@ const INLINE_MAX_ITEMS: usize = 16;
 /// Longest [`SqliteStore::close`] waits for the writes under way.
 const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// What a command asks the bus to do once its transaction is durable.
+/// What a command asks the bus to do once its transaction is durable, and the changes
+/// to the queues' counts it made (written in its own transaction: [`jobs::Counts`]).
 #[derive(Debug, Default)]
 pub(crate) struct Effects {
     wake: Vec<(TenantId, QueueName)>,
     events: Vec<(TenantId, JobEventView)>,
     nudge_chores: bool,
+    counts: jobs::Counts,
 }
 
 impl Effects {
@@ -335,11 +337,14 @@ impl SqliteStore {
             let mut effects = Effects::default();
             // A panicking command (a bug) fails alone; the writer thread lives on.
             let run = |effects: &mut Effects| {
-                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(conn, effects)))
-                    .unwrap_or_else(|_| {
-                        tracing::error!("a write command panicked; its changes are rolled back");
-                        Err(internal("a write command panicked"))
-                    })
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    // The counts go with the jobs they count, before the command ends.
+                    f(conn, effects).and_then(|v| effects.counts.write(conn).map(|()| v))
+                }))
+                .unwrap_or_else(|_| {
+                    tracing::error!("a write command panicked; its changes are rolled back");
+                    Err(internal("a write command panicked"))
+                })
             };
             let out = if alone {
                 // The only command of its transaction: if it fails, the writer rolls the
@@ -1020,7 +1025,7 @@ impl Store for SqliteStore {
     }
     async fn job_prune(&self, p: &JobPrune) -> StoreResult<Pruned> {
         let p = p.clone();
-        self.write_long(move |c, _| jobs::prune(c, &p)).await
+        self.write_long(move |c, fx| jobs::prune(c, fx, &p)).await
     }
     async fn job_reap_expired(&self, now: Timestamp) -> StoreResult<Sweep> {
         let next = self.read(jobs::next_expiry).await?;
@@ -1509,6 +1514,59 @@ mod tests {
             stats.syncs.load(Ordering::Acquire),
         );
         assert_eq!(after, before, "(commits, syncs) before and after the claim");
+    }
+
+    /// Listing a queue's available jobs finds the same ones, newest first, whether the
+    /// queue has few (sorted from `jobs_lease`) or a backlog (walked in `jobs_queue`).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn available_jobs_list_alike_with_and_without_a_backlog() {
+        use vow_core::JobState;
+        use vow_store_conformance::fixtures::{insert_one, lease, q, tenant, DynStore, T0};
+        let dir = tempfile::tempdir().unwrap();
+        let sqlite = Arc::new(SqliteStore::open(dir.path().join("vow.db")).unwrap());
+        let store: DynStore = sqlite.clone();
+        let t = tenant(&store, "t").await;
+        let mut ids = Vec::new();
+        for i in 0..6 {
+            ids.push(insert_one(&store, &t, "q", T0.plus_ms(i)).await.id);
+        }
+        let leased = lease(&store, &t, "q", 2, None, T0).await;
+        ids.retain(|id| leased.iter().all(|j| &j.id != id));
+        ids.reverse();
+        let list = || {
+            let (store, t) = (store.clone(), t.clone());
+            async move {
+                let p = JobList {
+                    tenant_id: Some(t),
+                    queue: Some(q("q")),
+                    state: Some(JobState::Available),
+                    limit: 3,
+                    ..Default::default()
+                };
+                let first = store.job_list(&p).await.unwrap();
+                let before = first.next_cursor.map(|c| c.parse().unwrap());
+                let second = store.job_list(&JobList { before, ..p }).await.unwrap();
+                first
+                    .items
+                    .into_iter()
+                    .chain(second.items)
+                    .map(|j| j.id)
+                    .collect::<Vec<_>>()
+            }
+        };
+        assert_eq!(list().await, ids, "few available: sorted from jobs_lease");
+        let backlog = (jobs::SORT_AVAILABLE_UP_TO + 1) as i64;
+        sqlite
+            .write(move |c, _| {
+                c.execute(
+                    "UPDATE queue_counts SET n = ?1 WHERE state = 'available'",
+                    [backlog],
+                )
+                .map_err(internal)
+            })
+            .await
+            .unwrap();
+        assert_eq!(list().await, ids, "a backlog: walked in jobs_queue");
     }
 
     fn insert_tenant(c: &Connection, name: &str) -> StoreResult<usize> {

@@ -12,6 +12,7 @@ pub const MIGRATIONS: &[(i64, &str)] = &[
     (2, include_str!("../migrations/0002_webhooks.sql")),
     (3, include_str!("../migrations/0003_retention.sql")),
     (4, include_str!("../migrations/0004_fewer_btrees.sql")),
+    (5, include_str!("../migrations/0005_queue_counts.sql")),
 ];
 
 /// Applies the pending migrations. Refuses a database whose schema is newer than this
@@ -178,6 +179,62 @@ mod tests {
                 .get::<_, i64>(0))
                 .unwrap(),
             3
+        );
+    }
+
+    /// Schema 5 counts the jobs already there, per tenant, queue and state.
+    #[test]
+    fn schema_5_counts_the_jobs_already_there() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(
+            "CREATE TABLE schema_migrations (
+                version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)",
+        )
+        .unwrap();
+        for (version, sql) in &MIGRATIONS[..4] {
+            conn.execute_batch(sql).unwrap();
+            conn.execute(
+                "INSERT INTO schema_migrations (version, applied_at) VALUES (?1, 0)",
+                [version],
+            )
+            .unwrap();
+        }
+        for (i, (tenant, queue, state)) in [
+            ("t", "q", "available"),
+            ("t", "q", "available"),
+            ("t", "q", "dead"),
+            ("t", "r", "available"),
+            ("u", "q", "completed"),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            conn.execute(
+                "INSERT INTO jobs (id, tenant_id, queue, state, priority, max_attempts, payload, \
+                 run_at, created_at, tags, metadata, timeout_ms, backoff) \
+                 VALUES (?1, ?2, ?3, ?4, 5, 25, '{}', 0, 0, '[]', '{}', 1000, '{}')",
+                [format!("job_{i}").as_str(), tenant, queue, state],
+            )
+            .unwrap();
+        }
+        migrate(&mut conn).unwrap();
+        check(&conn).unwrap();
+        let counts: Vec<(String, String, String, i64)> = conn
+            .prepare("SELECT tenant_id, queue, state, n FROM queue_counts ORDER BY 1, 2, 3")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let row = |t: &str, q: &str, s: &str, n| (t.into(), q.into(), s.into(), n);
+        assert_eq!(
+            counts,
+            [
+                row("t", "q", "available", 2),
+                row("t", "q", "dead", 1),
+                row("t", "r", "available", 1),
+                row("u", "q", "completed", 1),
+            ]
         );
     }
 

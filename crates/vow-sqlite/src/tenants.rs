@@ -158,9 +158,7 @@ fn with_stats(
     now: Timestamp,
 ) -> StoreResult<QueueView> {
     let counts: Vec<(String, u64)> = c
-        .prepare_cached(
-            "SELECT state, COUNT(*) FROM jobs WHERE tenant_id = ?1 AND queue = ?2 GROUP BY state",
-        )
+        .prepare_cached("SELECT state, n FROM queue_counts WHERE tenant_id = ?1 AND queue = ?2")
         .and_then(|mut s| {
             s.query_map(params![tenant.as_str(), q.name.as_str()], |r| {
                 Ok((r.get(0)?, r.get(1)?))

@@ -47,6 +47,48 @@ async fn ack(
         .remove(0)
 }
 
+/// The queue's counts by state, as `queue_get` reports them (all zero for a queue
+/// never used).
+async fn counts(store: &DynStore, t: &vow_core::TenantId, queue: &str) -> HashMap<JobState, u64> {
+    let v = store.queue_get(t, &q(queue), T0).await.unwrap();
+    let c = v.map(|v| v.counts).unwrap_or_default();
+    JobState::ALL
+        .iter()
+        .map(|s| {
+            let n = match s {
+                JobState::Scheduled => c.scheduled,
+                JobState::Available => c.available,
+                JobState::Running => c.running,
+                JobState::Completed => c.completed,
+                JobState::Dead => c.dead,
+                JobState::Cancelled => c.cancelled,
+            };
+            (*s, n)
+        })
+        .collect()
+}
+
+/// The ids of the queue's jobs in `state`, as listed (newest first).
+async fn listed(
+    store: &DynStore,
+    t: &vow_core::TenantId,
+    queue: &str,
+    state: JobState,
+) -> Vec<JobId> {
+    let page = store
+        .job_list(&JobList {
+            tenant_id: Some(t.clone()),
+            queue: Some(q(queue)),
+            state: Some(state),
+            limit: 1_000,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(page.next_cursor.is_none());
+    page.items.into_iter().map(|j| j.id).collect()
+}
+
 /// A job is visible to its tenant only.
 pub async fn insert_get_and_isolation(store: DynStore) {
     let a = tenant(&store, "a").await;
@@ -629,10 +671,27 @@ pub async fn prune_finished_jobs(store: DynStore) {
     assert!(!exists(&a, &cancelled_old).await && !exists(&a, &dead_old).await);
     assert!(exists(&a, &done_recent).await);
 
+    let c = counts(&store, &a, "q").await;
+    assert_eq!(
+        (
+            c[&JobState::Completed],
+            c[&JobState::Cancelled],
+            c[&JobState::Dead]
+        ),
+        (1, 0, 0),
+        "pruned jobs are no longer counted: {c:?}"
+    );
+    assert!(listed(&store, &a, "q", JobState::Dead).await.is_empty());
+    assert_eq!(
+        listed(&store, &a, "q", JobState::Completed).await,
+        std::slice::from_ref(&done_recent)
+    );
+
     // However late the cut-offs, pending, running and replayed jobs stay.
     let late = Some(T0.plus_ms(1_000_000_000));
     let n = prune(late, late, late, 100).await;
     assert_eq!(n.jobs, 2, "the two recent completed jobs");
+    assert_eq!(counts(&store, &b, "q").await[&JobState::Completed], 0);
     for id in [&waiting, &scheduled, &running, &replayed] {
         assert!(exists(&a, id).await, "{id} is not finished and stays");
         assert!(events(&a, id).await > 0);
@@ -1066,6 +1125,11 @@ pub async fn model_based_random_ops(store: DynStore) {
     };
     let req =
         json!({ "payload": 1, "max_attempts": 3, "backoff": { "initial_ms": 0, "max_ms": 0 } });
+    // A job in another queue and one of another tenant in the same queue's name: no
+    // count of theirs moves with the model's jobs.
+    insert_one(&store, &t, "bystander", T0).await;
+    let other = tenant(&store, "other").await;
+    insert_one(&store, &other, "m", T0).await;
     let mut model: HashMap<JobId, vow_core::Job> = HashMap::new();
     let mut ids = Vec::new();
     for _ in 0..4 {
@@ -1206,5 +1270,26 @@ pub async fn model_based_random_ops(store: DynStore) {
                 "step {step}: store and model disagree on {id}"
             );
         }
+        // The queue's counts and its listing by state agree with the model.
+        let got = counts(&store, &t, "m").await;
+        for s in JobState::ALL {
+            let mut want: Vec<JobId> = model
+                .values()
+                .filter(|j| j.state == s)
+                .map(|j| j.id.clone())
+                .collect();
+            want.sort_by(|a, b| b.cmp(a));
+            assert_eq!(got[&s], want.len() as u64, "step {step}: count of {s:?}");
+            assert_eq!(
+                listed(&store, &t, "m", s).await,
+                want,
+                "step {step}: listing of {s:?}"
+            );
+        }
+    }
+    for (who, queue) in [(&t, "bystander"), (&other, "m")] {
+        let c = counts(&store, who, queue).await;
+        assert_eq!(c[&JobState::Available], 1, "{queue}: {c:?}");
+        assert_eq!(c.values().sum::<u64>(), 1, "{queue}: {c:?}");
     }
 }
