@@ -36,7 +36,7 @@ impl Counts {
         }
     }
 
-    /// A job moved from `from` to `to`.
+    /// A job moved from `from` to the state it is in now.
     fn moved(&mut self, job: &Job, from: JobState) {
         if from != job.state {
             self.add(&job.tenant_id, &job.queue, from, -1);
