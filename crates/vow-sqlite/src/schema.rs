@@ -92,17 +92,16 @@ pub(crate) fn check(conn: &Connection) -> Result<(), String> {
 mod tests {
     use super::*;
 
-    /// Schema 4 rebuilds `jobs` and `job_events`: rows survive as they were, and the
-    /// highest event `seq` ever handed out stays taken even when its event was deleted.
-    #[test]
-    fn schema_4_keeps_rows_and_the_event_high_water_mark() {
-        let mut conn = Connection::open_in_memory().unwrap();
+    /// An in-memory database with the first `n` migrations applied, as an older binary
+    /// left it.
+    fn migrated_through(n: usize) -> Connection {
+        let conn = Connection::open_in_memory().unwrap();
         conn.execute_batch(
             "CREATE TABLE schema_migrations (
                 version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)",
         )
         .unwrap();
-        for (version, sql) in &MIGRATIONS[..3] {
+        for (version, sql) in &MIGRATIONS[..n] {
             conn.execute_batch(sql).unwrap();
             conn.execute(
                 "INSERT INTO schema_migrations (version, applied_at) VALUES (?1, 0)",
@@ -110,6 +109,14 @@ mod tests {
             )
             .unwrap();
         }
+        conn
+    }
+
+    /// Schema 4 rebuilds `jobs` and `job_events`: rows survive as they were, and the
+    /// highest event `seq` ever handed out stays taken even when its event was deleted.
+    #[test]
+    fn schema_4_keeps_rows_and_the_event_high_water_mark() {
+        let mut conn = migrated_through(3);
         for i in 1..=3 {
             conn.execute(
                 "INSERT INTO jobs (id, tenant_id, queue, state, priority, max_attempts, payload, \
@@ -185,20 +192,7 @@ mod tests {
     /// Schema 5 counts the jobs already there, per tenant, queue and state.
     #[test]
     fn schema_5_counts_the_jobs_already_there() {
-        let mut conn = Connection::open_in_memory().unwrap();
-        conn.execute_batch(
-            "CREATE TABLE schema_migrations (
-                version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)",
-        )
-        .unwrap();
-        for (version, sql) in &MIGRATIONS[..4] {
-            conn.execute_batch(sql).unwrap();
-            conn.execute(
-                "INSERT INTO schema_migrations (version, applied_at) VALUES (?1, 0)",
-                [version],
-            )
-            .unwrap();
-        }
+        let mut conn = migrated_through(4);
         for (i, (tenant, queue, state)) in [
             ("t", "q", "available"),
             ("t", "q", "available"),
