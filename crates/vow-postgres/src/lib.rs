@@ -30,6 +30,7 @@
 //! notifying after its last sign of another node, default 30000, at least 300; nodes
 //! say hello every third of it, so give every node the same value).
 
+mod counts;
 mod jobs;
 mod listener;
 mod notices;
@@ -308,6 +309,7 @@ impl PgStore {
         let peers = Arc::new(listener::Peers::new(config.peer_ttl));
         let (notifier, hello) =
             listener::Notifier::start(config.pg.clone(), node.clone(), peers.clone());
+        tokio::spawn(counts::roll_up_loop(pool.clone(), stopped.clone()));
         tokio::spawn(listener::run(
             config.pg.clone(),
             Arc::downgrade(&bus),

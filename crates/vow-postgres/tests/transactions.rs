@@ -189,6 +189,41 @@ async fn the_lease_walks_its_index_without_statistics() {
     assert!(!plan.contains("Sort Key: jobs.priority"), "{plan}");
 }
 
+/// A queue's oldest available job is found by probing `jobs_lease` once per priority,
+/// statistics or not, never by reading every available job.
+#[tokio::test]
+async fn the_oldest_available_job_is_a_probe_per_priority() {
+    let db = db().await;
+    let store = single_connection_store(&db).await;
+    let mut admin = admin(&db).await;
+    admin
+        .batch_execute("ALTER TABLE jobs SET (autovacuum_enabled = false)")
+        .await
+        .unwrap();
+    let t = tenant(&store, "acme").await;
+    // The oldest jobs have the lowest priority (the last to probe).
+    for (priority, age) in [(0, 0), (1, 500), (2, 1_000)] {
+        let reqs = (0..2_000)
+            .map(|i| json!({ "payload": i, "priority": priority }))
+            .collect();
+        insert(&store, &t, "q", reqs, vow_core::Timestamp(T0.0 - age)).await;
+    }
+    let tx = admin.transaction().await.unwrap();
+    let sql = vow_postgres::testing::oldest_statement();
+    tx.batch_execute(&format!("PREPARE oldest AS {sql}"))
+        .await
+        .unwrap();
+    let plan = generic_plan(&tx, &format!("oldest('{t}', 'q')")).await;
+    assert!(plan.contains("using jobs_lease on jobs"), "{plan}");
+    assert!(!plan.contains("Sort"), "{plan}");
+    let oldest: Option<i64> = tx
+        .query_one(sql, &[&t.as_str(), &"q"])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(oldest, Some(T0.0 - 1_000));
+}
+
 /// The deliveries claim, under the lease's settings and with its generic plan, walks
 /// `deliveries_due` and stops at its limit, however many deliveries are pending (a sort
 /// of all of them made every claim cost 13 ms at a few thousand, 34 ms at 10,000).

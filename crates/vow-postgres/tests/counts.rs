@@ -1,0 +1,226 @@
+//! Queue counts (schema 4): kept by triggers whoever writes the jobs, folded by roll-ups,
+//! filled from the jobs already there when a database is upgraded. Each check compares
+//! the store's counts with a `GROUP BY` over the jobs.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use vow_core::api::QueueView;
+use vow_core::TenantId;
+use vow_postgres::testing::{roll_up_counts, Cluster, TestDb};
+use vow_postgres::{PgStore, MIGRATIONS};
+use vow_store_conformance::fixtures::{complete, insert_one, lease, tenant, DynStore, T0};
+
+async fn db() -> TestDb {
+    tokio::task::spawn_blocking(|| Cluster::shared().database())
+        .await
+        .unwrap()
+}
+
+async fn admin(db: &TestDb) -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    client
+}
+
+type Counts = BTreeMap<(String, String), i64>;
+
+/// The counts a `GROUP BY` over the tenant's jobs gives (no zeros).
+async fn truth(admin: &tokio_postgres::Client, t: &TenantId) -> Counts {
+    admin
+        .query(
+            "SELECT queue, state, count(*) FROM jobs WHERE tenant_id = $1 GROUP BY 1, 2",
+            &[&t.as_str()],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| ((r.get(0), r.get(1)), r.get(2)))
+        .collect()
+}
+
+/// The store's counts of the tenant's queues (no zeros), from `queue_list` and, queue by
+/// queue, `queue_get`, which must agree.
+async fn counted(store: &DynStore, t: &TenantId) -> Counts {
+    let listed = store.queue_list(t, T0).await.unwrap();
+    let mut out = Counts::new();
+    for q in &listed {
+        let one = store.queue_get(t, &q.name, T0).await.unwrap().unwrap();
+        assert_eq!(
+            one.counts, q.counts,
+            "queue {}: get and list disagree",
+            q.name
+        );
+        add(&mut out, q);
+    }
+    out
+}
+
+fn add(out: &mut Counts, q: &QueueView) {
+    let c = &q.counts;
+    for (state, n) in [
+        ("scheduled", c.scheduled),
+        ("available", c.available),
+        ("running", c.running),
+        ("completed", c.completed),
+        ("dead", c.dead),
+        ("cancelled", c.cancelled),
+    ] {
+        if n > 0 {
+            out.insert((q.name.to_string(), state.to_owned()), n as i64);
+        }
+    }
+}
+
+async fn deltas(admin: &tokio_postgres::Client) -> i64 {
+    admin
+        .query_one("SELECT count(*) FROM queue_count_deltas", &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+#[tokio::test]
+async fn counts_stay_exact_across_roll_ups_and_whoever_writes_the_jobs() {
+    let db = db().await;
+    let admin = admin(&db).await;
+    let pg = Arc::new(PgStore::connect(&db.url).await.unwrap());
+    let store: DynStore = pg.clone();
+    let t = tenant(&store, "t").await;
+    let other = tenant(&store, "other").await;
+    for _ in 0..5 {
+        insert_one(&store, &t, "a", T0).await;
+    }
+    for _ in 0..3 {
+        insert_one(&store, &t, "b", T0).await;
+    }
+    insert_one(&store, &other, "a", T0).await;
+    let leased = lease(&store, &t, "a", 2, None, T0).await;
+    complete(&*store, &t, &leased[0], T0).await;
+
+    let want = truth(&admin, &t).await;
+    assert_eq!(want.get(&("a".into(), "running".into())), Some(&1));
+    assert_eq!(counted(&store, &t).await, want);
+    assert_eq!(counted(&store, &other).await, truth(&admin, &other).await);
+
+    // Folded into the totals, the counts read the same, and no delta is left. (A
+    // roll-up of the node's own may have run first: then this one folds what is left.)
+    roll_up_counts(&pg).await;
+    assert_eq!(deltas(&admin).await, 0);
+    assert_eq!(counted(&store, &t).await, want);
+
+    // Writes that do not go through this store (an operator's SQL, a node of an
+    // earlier release during a rolling upgrade) are counted too.
+    admin
+        .batch_execute(&format!(
+            "UPDATE jobs SET state = 'dead', finished_at = 1 \
+               WHERE id = (SELECT id FROM jobs WHERE tenant_id = '{t}' AND queue = 'b' LIMIT 1); \
+             DELETE FROM jobs WHERE tenant_id = '{t}' AND queue = 'a' AND state = 'completed';"
+        ))
+        .await
+        .unwrap();
+    let want = truth(&admin, &t).await;
+    assert_eq!(want.get(&("b".into(), "dead".into())), Some(&1));
+    assert_eq!(want.get(&("a".into(), "completed".into())), None);
+    assert_eq!(counted(&store, &t).await, want);
+
+    // An update that moves no job between states (a heartbeat) adds no delta.
+    roll_up_counts(&pg).await;
+    admin
+        .batch_execute("UPDATE jobs SET progress = '{}'")
+        .await
+        .unwrap();
+    assert_eq!(deltas(&admin).await, 0);
+    roll_up_counts(&pg).await;
+    assert_eq!(counted(&store, &t).await, want);
+    assert_eq!(counted(&store, &other).await, truth(&admin, &other).await);
+}
+
+#[tokio::test]
+async fn a_node_folds_the_deltas_by_itself() {
+    let db = db().await;
+    let admin = admin(&db).await;
+    let store: DynStore = Arc::new(PgStore::connect(&db.url).await.unwrap());
+    let t = tenant(&store, "t").await;
+    for _ in 0..3 {
+        insert_one(&store, &t, "a", T0).await;
+    }
+    // The enqueues left deltas (see the test above); the node's own roll-ups fold them.
+    let mut left = -1;
+    for _ in 0..50 {
+        left = deltas(&admin).await;
+        if left == 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(left, 0, "no roll-up within 5 s");
+    assert_eq!(counted(&store, &t).await, truth(&admin, &t).await);
+}
+
+/// The statements of a migration that runs outside a transaction, as the store splits
+/// them (whole-line comments dropped, split at `;`).
+fn statements(sql: &str) -> Vec<String> {
+    let code: Vec<&str> = sql
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("--"))
+        .collect();
+    code.join("\n")
+        .split(';')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+#[tokio::test]
+async fn a_database_an_older_release_left_gets_its_counts_from_its_jobs() {
+    let db = db().await;
+    let admin = admin(&db).await;
+    // Schema 3, as the previous release left it, with jobs in it.
+    admin
+        .batch_execute(
+            "CREATE TABLE vow_schema_migrations (version BIGINT PRIMARY KEY, \
+             applied_at TIMESTAMPTZ NOT NULL DEFAULT now())",
+        )
+        .await
+        .unwrap();
+    for (version, sql) in MIGRATIONS.iter().filter(|m| m.0 <= 3) {
+        if sql.starts_with("-- vow:no-transaction") {
+            for s in statements(sql) {
+                admin.batch_execute(&s).await.unwrap();
+            }
+        } else {
+            admin.batch_execute(sql).await.unwrap();
+        }
+        admin
+            .execute(
+                "INSERT INTO vow_schema_migrations (version) VALUES ($1)",
+                &[version],
+            )
+            .await
+            .unwrap();
+    }
+    let t = "ten_01M99C11YTSE6E7EQ0XN3H3KQA";
+    admin
+        .batch_execute(&format!(
+            "INSERT INTO tenants (id, name, created_at) VALUES ('{t}', 'old', 0); \
+             INSERT INTO queues (tenant_id, name, created_at) VALUES ('{t}', 'a', 0), ('{t}', 'b', 0); \
+             INSERT INTO jobs (id, tenant_id, queue, state, priority, max_attempts, run_at, \
+               created_at, timeout_ms, backoff, tags, metadata, payload) \
+             SELECT 'job_' || i, '{t}', CASE WHEN i % 3 = 0 THEN 'b' ELSE 'a' END, \
+               (ARRAY['available', 'running', 'completed', 'dead'])[1 + i % 4], 0, 3, 0, 0, \
+               1000, '{{}}', '[]', '{{}}', '{{}}' \
+             FROM generate_series(1, 50) AS i;"
+        ))
+        .await
+        .unwrap();
+    let t: TenantId = t.parse().unwrap();
+    let want = truth(&admin, &t).await;
+    assert_eq!(want.values().sum::<i64>(), 50);
+
+    let store: DynStore = Arc::new(PgStore::connect(&db.url).await.unwrap());
+    assert_eq!(counted(&store, &t).await, want);
+}
