@@ -169,14 +169,39 @@ fn with_stats(
     for (state, n) in counts {
         q.counts.add(state.parse().map_err(internal)?, n);
     }
-    let oldest: Option<i64> = c
-        .prepare_cached(
-            "SELECT MIN(run_at) FROM jobs WHERE tenant_id = ?1 AND queue = ?2 AND state = 'available'",
-        )
-        .and_then(|mut s| s.query_row(params![tenant.as_str(), q.name.as_str()], |r| r.get(0)))
-        .map_err(internal)?;
-    q.oldest_available_age_ms = oldest.map(|t| (now.0 - t).max(0));
+    let oldest = oldest_available(c, tenant, q.name.as_str())?;
+    q.oldest_available_age_ms = oldest.map(|t| (now.0 - t.0).max(0));
     Ok(q)
+}
+
+/// The earliest `run_at` of a queue's available jobs. `jobs_lease` is ordered by
+/// priority first, so a plain `MIN(run_at)` reads every available job; this takes the
+/// first entry of each priority in use instead, one index probe each.
+pub(crate) fn oldest_available(
+    c: &Connection,
+    tenant: &TenantId,
+    queue: &str,
+) -> StoreResult<Option<Timestamp>> {
+    let mut probe = c
+        .prepare_cached(
+            "SELECT priority, run_at FROM jobs INDEXED BY jobs_lease \
+             WHERE tenant_id = ?1 AND queue = ?2 AND state = 'available' AND priority > ?3 \
+             ORDER BY priority, run_at LIMIT 1",
+        )
+        .map_err(internal)?;
+    let mut oldest: Option<i64> = None;
+    let mut after = i64::MIN;
+    while let Some((priority, run_at)) = probe
+        .query_row(params![tenant.as_str(), queue, after], |r| {
+            Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?))
+        })
+        .optional()
+        .map_err(internal)?
+    {
+        oldest = Some(oldest.map_or(run_at, |o| o.min(run_at)));
+        after = priority;
+    }
+    Ok(oldest.map(Timestamp))
 }
 
 pub(crate) fn queue_get(

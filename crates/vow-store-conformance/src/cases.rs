@@ -1032,6 +1032,23 @@ pub async fn queues_counts_and_settings(store: DynStore) {
         (1, 1, 1)
     );
     assert_eq!(v.oldest_available_age_ms, Some(40));
+    // The oldest available job may have any priority: here the last one in lease order.
+    for (priority, at) in [(2, T0), (5, T0.plus_ms(-30)), (9, T0.plus_ms(-70))] {
+        insert(
+            &store,
+            &t,
+            "p",
+            vec![json!({ "payload": 1, "priority": priority })],
+            at,
+        )
+        .await;
+    }
+    let v = store.queue_get(&t, &q("p"), T0).await.unwrap().unwrap();
+    assert_eq!(v.oldest_available_age_ms, Some(70));
+    lease(&store, &t, "q", 1, None, T0).await;
+    let v = store.queue_get(&t, &q("q"), T0).await.unwrap().unwrap();
+    assert_eq!(v.counts.available, 0);
+    assert_eq!(v.oldest_available_age_ms, None, "no available job left");
     let patch = QueuePatch {
         concurrency_limit: Some(Some(3)),
         max_pending: Some(Some(100)),
@@ -1064,7 +1081,7 @@ pub async fn queues_counts_and_settings(store: DynStore) {
         .await
         .unwrap();
     assert_eq!((v.concurrency_limit, v.max_pending), (None, Some(100)));
-    assert_eq!(store.queue_list(&t, T0).await.unwrap().len(), 1);
+    assert_eq!(store.queue_list(&t, T0).await.unwrap().len(), 2);
 }
 
 /// Tenants have unique names; keys are stored hashed and can be revoked.
