@@ -3,7 +3,10 @@
 //!
 //! Lifecycle: one lease loop per queue long-polls for as many jobs as it has free slots.
 //! Each leased job runs in its own task; the handler runs in a task of its own below it,
-//! so a panic becomes a retryable failure instead of taking the worker down. On shutdown
+//! so a panic becomes a retryable failure instead of taking the worker down. Outcomes
+//! go to one reporter per worker, which sends whatever has piled up while its previous
+//! request was in flight in one `POST /v1/acks` (one request and one store transaction
+//! for many jobs); a job's slot is free again once its outcome is recorded. On shutdown
 //! the loops stop leasing, in-flight handlers get a grace period to finish, and the
 //! jobs whose handlers are still running after it are *released*: failed as retryable
 //! with `retry_after_ms: 0`, so another worker picks them up at once instead of waiting
@@ -15,15 +18,16 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::Value;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio::task::{JoinError, JoinSet};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use vow_core::api::{
-    CompleteRequest, FailRequest, FailureBody, HeartbeatRequest, LeaseRequest, LeasedJob,
+    AckComplete, AckFail, AckItemResult, AckRequest, FailureBody, HeartbeatRequest, LeaseRequest,
+    LeasedJob,
 };
-use vow_core::QueueName;
+use vow_core::{JobId, LeaseId, QueueName};
 
 use crate::{Client, Error};
 
@@ -225,17 +229,23 @@ impl Worker {
         let stop_leasing = shutdown.child_token();
         let hard_stop = CancellationToken::new();
         let tracker = TaskTracker::new();
+        let (reports, inbox) = mpsc::unbounded_channel();
+        let reporter = tokio::spawn(reporter(self.shared.client.clone(), inbox));
         let shared = Arc::new(self.shared);
         let mut loops = JoinSet::new();
         for spec in self.queues {
             loops.spawn(lease_loop(
                 shared.clone(),
                 spec,
-                stop_leasing.clone(),
-                hard_stop.clone(),
-                tracker.clone(),
+                Tasks {
+                    stop: stop_leasing.clone(),
+                    hard_stop: hard_stop.clone(),
+                    tracker: tracker.clone(),
+                    reports: reports.clone(),
+                },
             ));
         }
+        drop(reports);
         let mut result = Ok(());
         while let Some(joined) = loops.join_next().await {
             let failed = match joined {
@@ -267,6 +277,11 @@ impl Worker {
             hard_stop.cancel();
             tracker.wait().await;
         }
+        // Every job task has handed its outcome over and seen it recorded; the last
+        // sender is gone with them, so the reporter has ended too.
+        if let Err(e) = reporter.await {
+            tracing::error!(error = %e, "the reporter crashed");
+        }
         result
     }
 }
@@ -286,13 +301,19 @@ fn is_fatal(e: &Error) -> bool {
     matches!(e.status(), Some(400 | 401 | 403)) || matches!(e, Error::InvalidUrl { .. })
 }
 
-async fn lease_loop(
-    shared: Arc<Shared>,
-    spec: QueueSpec,
+/// What a lease loop hands each job task: when to stop, and where outcomes go.
+#[derive(Clone)]
+struct Tasks {
+    /// Stop leasing; handlers get the grace period.
     stop: CancellationToken,
+    /// The grace period is over: release the jobs still running.
     hard_stop: CancellationToken,
     tracker: TaskTracker,
-) -> Result<(), Error> {
+    reports: mpsc::UnboundedSender<Report>,
+}
+
+async fn lease_loop(shared: Arc<Shared>, spec: QueueSpec, tasks: Tasks) -> Result<(), Error> {
+    let stop = tasks.stop.clone();
     const MIN_BACKOFF: Duration = Duration::from_millis(100);
     const MAX_BACKOFF: Duration = Duration::from_secs(5);
     let slots = Arc::new(Semaphore::new(spec.concurrency));
@@ -339,13 +360,12 @@ async fn lease_loop(
                     if permit.is_none() {
                         tracing::warn!(queue = %spec.name, job_id = %job.id, "the server leased more jobs than asked for");
                     }
-                    tracker.spawn(run_job(
+                    tasks.tracker.spawn(run_job(
                         shared.clone(),
                         spec.handler.clone(),
                         job,
                         permit,
-                        stop.clone(),
-                        hard_stop.clone(),
+                        tasks.clone(),
                     ));
                 }
             }
@@ -391,14 +411,16 @@ fn outcome_of_join(res: Result<Outcome, JoinError>) -> Outcome {
     }
 }
 
+/// Runs one job's handler (heartbeating meanwhile) and reports its outcome; holds the
+/// job's slot (`_permit`) until the outcome is recorded.
 async fn run_job(
     shared: Arc<Shared>,
     handler: Handler,
     job: LeasedJob,
     _permit: Option<OwnedSemaphorePermit>,
-    shutdown: CancellationToken,
-    hard_stop: CancellationToken,
+    tasks: Tasks,
 ) {
+    let (shutdown, hard_stop) = (tasks.stop, tasks.hard_stop);
     let lease = lease_length(shared.lease_ms, &job);
     let period = (lease / 3).max(Duration::from_millis(50));
     let id = job.id.clone();
@@ -444,83 +466,133 @@ async fn run_job(
     if lost {
         return;
     }
-    let Some(outcome) = outcome else {
-        let req = FailRequest {
-            lease_id,
+    let outcome = outcome.unwrap_or_else(|| {
+        tracing::info!(%queue, job_id = %id, "releasing unfinished job");
+        Outcome::Retry {
             error: failure(
                 "the worker shut down before the handler finished",
                 Some("worker_shutdown"),
             ),
-            retryable: Some(true),
-            retry_after_ms: Some(0),
-        };
-        match shared.client.fail(&id, &req).await {
-            Ok(_) => tracing::info!(%queue, job_id = %id, "released unfinished job"),
-            Err(e) => {
-                tracing::warn!(%queue, job_id = %id, error = %e, "could not release job; it will run again when its lease expires")
-            }
+            after: Some(Duration::ZERO),
         }
-        return;
+    });
+    let (done, recorded) = oneshot::channel();
+    let report = Report {
+        queue,
+        id,
+        lease_id,
+        outcome,
+        done,
     };
-    report(&shared.client, &queue, &id, lease_id, outcome).await;
+    if tasks.reports.send(report).is_ok() {
+        let _ = recorded.await;
+    }
 }
 
-/// Sends the outcome, retrying transient failures a few times: losing a result means
-/// running the job again.
-async fn report(
-    client: &Client,
-    queue: &QueueName,
-    id: &vow_core::JobId,
-    lease_id: vow_core::LeaseId,
+/// One handler's outcome on its way to the server; `done` is told once it was sent
+/// (recorded, refused, or given up on).
+struct Report {
+    queue: QueueName,
+    id: JobId,
+    lease_id: LeaseId,
     outcome: Outcome,
-) {
+    done: oneshot::Sender<()>,
+}
+
+/// Most outcomes in one `POST /v1/acks` (the API's batch limit).
+const ACK_BATCH: usize = 1000;
+
+/// Sends the outcomes handed to it: the first one that comes, with whatever else has
+/// piled up by then, in one `POST /v1/acks`; ends once every sender is gone.
+async fn reporter(client: Client, mut inbox: mpsc::UnboundedReceiver<Report>) {
+    while let Some(first) = inbox.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < ACK_BATCH {
+            match inbox.try_recv() {
+                Ok(r) => batch.push(r),
+                Err(_) => break,
+            }
+        }
+        send_reports(&client, batch).await;
+    }
+}
+
+/// Sends `batch` in one `POST /v1/acks`, retrying transient failures a few times
+/// (losing a result means running the job again), and logs what became of each.
+async fn send_reports(client: &Client, batch: Vec<Report>) {
+    let (completes, fails): (Vec<&Report>, Vec<&Report>) = batch
+        .iter()
+        .partition(|r| matches!(r.outcome, Outcome::Complete(_)));
+    let req = AckRequest {
+        complete: completes
+            .iter()
+            .map(|r| AckComplete {
+                id: r.id.clone(),
+                lease_id: r.lease_id.clone(),
+                result: match &r.outcome {
+                    Outcome::Complete(result) => result.clone(),
+                    _ => None,
+                },
+            })
+            .collect(),
+        fail: fails
+            .iter()
+            .map(|r| {
+                let (error, retryable, after) = match &r.outcome {
+                    Outcome::Retry { error, after } => (error.clone(), true, *after),
+                    Outcome::Fail(error) => (error.clone(), false, None),
+                    Outcome::Complete(_) => unreachable!("partitioned out"),
+                };
+                AckFail {
+                    id: r.id.clone(),
+                    lease_id: r.lease_id.clone(),
+                    error,
+                    retryable: Some(retryable),
+                    retry_after_ms: after.map(|d| d.as_millis() as u64),
+                }
+            })
+            .collect(),
+    };
     let mut delay = Duration::from_millis(200);
     for attempt in 1..=5 {
-        let res = match &outcome {
-            Outcome::Complete(result) => {
-                let req = CompleteRequest {
-                    lease_id: lease_id.clone(),
-                    result: result.clone(),
-                };
-                client.complete(id, &req).await
-            }
-            Outcome::Retry { error, after } => {
-                let req = FailRequest {
-                    lease_id: lease_id.clone(),
-                    error: error.clone(),
-                    retryable: Some(true),
-                    retry_after_ms: after.map(|d| d.as_millis() as u64),
-                };
-                client.fail(id, &req).await
-            }
-            Outcome::Fail(error) => {
-                let req = FailRequest {
-                    lease_id: lease_id.clone(),
-                    error: error.clone(),
-                    retryable: Some(false),
-                    retry_after_ms: None,
-                };
-                client.fail(id, &req).await
-            }
-        };
-        match res {
-            Ok(job) => {
-                tracing::debug!(%queue, job_id = %id, state = %job.state, "reported outcome");
-                return;
-            }
-            Err(e) if e.is_lease_lost() => {
-                tracing::warn!(%queue, job_id = %id, "lease lost before the outcome was reported; result dropped");
-                return;
+        match client.ack(&req).await {
+            Ok(resp) => {
+                let sent = completes.iter().zip(&resp.complete);
+                for (r, res) in sent.chain(fails.iter().zip(&resp.fail)) {
+                    log_recorded(r, res);
+                }
+                break;
             }
             Err(e) if e.is_transient() && attempt < 5 => {
-                tracing::warn!(%queue, job_id = %id, error = %e, "reporting the outcome failed; retrying");
+                tracing::warn!(jobs = batch.len(), error = %e, "reporting outcomes failed; retrying");
                 tokio::time::sleep(delay).await;
                 delay *= 2;
             }
             Err(e) => {
-                tracing::error!(%queue, job_id = %id, error = %e, "could not report the outcome; the job will run again when its lease expires");
-                return;
+                for r in &batch {
+                    tracing::error!(queue = %r.queue, job_id = %r.id, error = %e, "could not report the outcome; the job will run again when its lease expires");
+                }
+                break;
             }
+        }
+    }
+    for r in batch {
+        let _ = r.done.send(());
+    }
+}
+
+/// Logs what the server did with one reported outcome.
+fn log_recorded(r: &Report, res: &AckItemResult) {
+    let (queue, id) = (&r.queue, &r.id);
+    match res.code.as_deref() {
+        None if res.ok => {
+            tracing::debug!(%queue, job_id = %id, state = ?res.state, "reported outcome");
+        }
+        Some("lease_lost") => {
+            tracing::warn!(%queue, job_id = %id, "lease lost before the outcome was reported; result dropped");
+        }
+        code => {
+            tracing::error!(%queue, job_id = %id, code = code.unwrap_or("none"), "the server refused the outcome; the job will run again when its lease expires");
         }
     }
 }

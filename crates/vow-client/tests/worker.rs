@@ -1,9 +1,9 @@
 //! The Worker against a scripted stand-in for the server's worker protocol: what it
 //! sends for each outcome, heartbeats, shutdown and lease loss, without needing vow
-//! itself.
+//! itself. (The benchmark's W4 runs the Worker against a real server, in CI too.)
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -16,11 +16,13 @@ use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 use vow_client::{Client, Error, Outcome, Worker};
 
-/// What the stand-in server has been told: (action, job id, body).
+/// What the stand-in server has been told: (action, job id, body), a reported outcome
+/// counting as a `complete` or `fail` call with its `POST /v1/acks` item as the body.
 #[derive(Default)]
 struct Mock {
     jobs: Mutex<VecDeque<Value>>,
     calls: Mutex<Vec<(String, String, Value)>>,
+    ack_requests: AtomicUsize,
     lose_leases: AtomicBool,
     unauthorized: AtomicBool,
 }
@@ -50,17 +52,6 @@ fn leased(n: u32, payload: Value) -> Value {
         "lease_ms": 30000,
         "attempt": 1, "max_attempts": 3, "payload": payload, "queue": "q",
         "priority": 5, "group": null, "metadata": {}, "traceparent": null
-    })
-}
-
-fn job_view(id: &str, state: &str) -> Value {
-    json!({
-        "id": id, "queue": "q", "state": state, "priority": 5, "group": null, "attempt": 1,
-        "max_attempts": 3, "payload": null, "result": null, "last_error": null, "progress": null,
-        "run_at": "2030-01-01T00:00:00.000Z", "created_at": "2030-01-01T00:00:00.000Z",
-        "started_at": null, "finished_at": null, "tags": [], "metadata": {}, "timeout_ms": 30000,
-        "backoff": {"initial_ms": 1000, "max_ms": 3600000, "multiplier": 2.0},
-        "callback_url": null, "lease_expires_at": null, "worker_id": null
     })
 }
 
@@ -96,9 +87,31 @@ async fn act(
         "heartbeat" => {
             Json(json!({"lease_expires_at": "2030-01-01T00:00:00.000Z"})).into_response()
         }
-        "complete" => Json(job_view(&id, "completed")).into_response(),
-        _ => Json(job_view(&id, "scheduled")).into_response(),
+        // Outcomes go through `POST /v1/acks`.
+        _ => problem(StatusCode::NOT_FOUND, "not_found"),
     }
+}
+
+async fn acks(State(m): State<Arc<Mock>>, Json(body): Json<Value>) -> Response {
+    m.ack_requests.fetch_add(1, Ordering::SeqCst);
+    let lost = m.lose_leases.load(Ordering::SeqCst);
+    let mut out = json!({"complete": [], "fail": []});
+    for (kind, state) in [("complete", "completed"), ("fail", "scheduled")] {
+        for item in body[kind].as_array().cloned().unwrap_or_default() {
+            let id = item["id"].as_str().unwrap().to_owned();
+            m.calls
+                .lock()
+                .unwrap()
+                .push((kind.to_owned(), id.clone(), item));
+            let res = if lost {
+                json!({"id": id, "ok": false, "state": null, "code": "lease_lost"})
+            } else {
+                json!({"id": id, "ok": true, "state": state, "code": null})
+            };
+            out[kind].as_array_mut().unwrap().push(res);
+        }
+    }
+    Json(out).into_response()
 }
 
 async fn start(jobs: Vec<Value>) -> (Arc<Mock>, Client) {
@@ -107,6 +120,7 @@ async fn start(jobs: Vec<Value>) -> (Arc<Mock>, Client) {
     let app = Router::new()
         .route("/v1/queues/{q}/lease", post(lease))
         .route("/v1/jobs/{id}/{action}", post(act))
+        .route("/v1/acks", post(acks))
         .with_state(mock.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -170,7 +184,11 @@ async fn each_outcome_is_reported_with_its_lease() {
     let complete = mock.calls("complete");
     assert_eq!(
         complete[0].1,
-        json!({"lease_id": "lease_01JD0000000000000000000000", "result": {"ok": true}})
+        json!({
+            "id": "job_01JD0000000000000000000000",
+            "lease_id": "lease_01JD0000000000000000000000",
+            "result": {"ok": true}
+        })
     );
     let fails = mock.calls("fail");
     let by_id = |n: u32| {
@@ -190,6 +208,34 @@ async fn each_outcome_is_reported_with_its_lease() {
         "a panic is a retryable failure"
     );
     assert_eq!(by_id(3)["error"]["message"], "handler panicked: boom");
+}
+
+#[tokio::test]
+async fn outcomes_that_pile_up_go_out_in_one_request() {
+    let jobs = (0..10).map(|i| leased(i, json!(null))).collect();
+    let (mock, client) = start(jobs).await;
+    let together = Arc::new(tokio::sync::Barrier::new(10));
+    let shutdown = CancellationToken::new();
+    let run = tokio::spawn(
+        worker(client)
+            .handle("q".parse().unwrap(), 10, move |_| {
+                let together = together.clone();
+                async move {
+                    together.wait().await;
+                    Outcome::Complete(None)
+                }
+            })
+            .run(shutdown.clone()),
+    );
+    until("ten completions", || mock.calls("complete").len() == 10).await;
+    shutdown.cancel();
+    run.await.unwrap().unwrap();
+    let requests = mock.ack_requests.load(Ordering::SeqCst);
+    assert!(
+        requests < 10,
+        "ten outcomes at once took {requests} requests"
+    );
+    assert!(mock.calls("fail").is_empty());
 }
 
 #[tokio::test]
