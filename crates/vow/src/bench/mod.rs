@@ -35,8 +35,8 @@ use workloads::Meter;
 #[derive(Debug, Args)]
 pub struct BenchArgs {
     /// Workloads to run, comma-separated: W1 (single enqueue), W2 (batch enqueue), W3
-    /// (drain, in two modes: W3a one lease + one complete per job, W3b batched lease and
-    /// acks), W4 (latency), W6 (completion notices: jobs with a callback_url to a
+    /// (drain, in three modes: W3a one lease + one complete per job, W3b batched lease and
+    /// acks, W3c the vow-client Worker), W4 (latency), W6 (completion notices: jobs with a callback_url to a
     /// receiver in the bench on 127.0.0.1 that verifies every signature and fails 30 %
     /// of first attempts; timed until every notice is acknowledged, so it takes at least
     /// the server's first retry delay, 5 s by default; BENCH_N_NOTICE sets its size).
@@ -197,6 +197,7 @@ pub async fn run(args: &BenchArgs, target: Target) -> anyhow::Result<ExitCode> {
             Workload::W3 => &[
                 ("W3a", "drain of pre-enqueued jobs, 16 slots each leasing max_jobs=1 and completing with one POST /v1/jobs/{id}/complete per job", sizes.n_drain),
                 ("W3b", "drain of pre-enqueued jobs, one lease loop leasing up to its 16 free slots, completions sent in batches with POST /v1/acks", sizes.n_drain),
+                ("W3c", "drain of pre-enqueued jobs by the vow-client Worker (concurrency 16, no-op handlers): what a Rust worker gets; a slot is free once its outcome is recorded; timed until the Worker has stopped with every outcome recorded", sizes.n_drain),
             ],
             Workload::W4 => &[("W4", "vow-client Worker (concurrency 16, long-poll leases) idle; producer enqueues at 200 jobs/s open loop; latency = handler start - enqueue start", sizes.n_lat)],
             Workload::W6 => &[("W6", "jobs with callback_url to a receiver in the bench (127.0.0.1) that verifies every signature and answers 500 to 30% of first attempts, 204 otherwise; enqueued in batches of 100 while the W3b drain completes them; timed from the first enqueue until every job's notice is acknowledged", sizes.n_notice)],
@@ -297,15 +298,15 @@ async fn run_one(target: &Target, r: &mut WorkloadResult) -> anyhow::Result<()> 
     let measured = match r.id.as_str() {
         "W1" => workloads::w1_single_enqueue(client, queue, n, &pb, &mut meter).await,
         "W2" => workloads::w2_batch_enqueue(client, queue, n, &pb, &mut meter).await,
-        "W3a" | "W3b" => {
+        "W3a" | "W3b" | "W3c" => {
             pb.set_message("pre-enqueue");
             workloads::preload(client, queue, n, &pb).await?;
             pb.reset();
             pb.set_message("drain");
-            if r.id == "W3a" {
-                workloads::w3_drain_per_job(client, queue, n, &pb, &mut meter).await
-            } else {
-                workloads::w3_drain_batched(client, queue, n, &pb, &mut meter).await
+            match r.id.as_str() {
+                "W3a" => workloads::w3_drain_per_job(client, queue, n, &pb, &mut meter).await,
+                "W3b" => workloads::w3_drain_batched(client, queue, n, &pb, &mut meter).await,
+                _ => workloads::w3_drain_worker(client, queue, n, &pb, &mut meter).await,
             }
         }
         "W4" => workloads::w4_latency(client, queue, n, &pb, &mut meter).await,
@@ -324,7 +325,8 @@ async fn run_one(target: &Target, r: &mut WorkloadResult) -> anyhow::Result<()> 
     }
     r.latency_ms = Percentiles::of(&m.latency_ms);
     r.request_ms = Percentiles::of(&m.request_ms);
-    if r.id.starts_with("W3") || r.id == "W6" {
+    // The Worker of W3c keeps its requests to itself.
+    if r.id == "W3a" || r.id == "W3b" || r.id == "W6" {
         r.lease_requests = Some(m.leases);
         r.ack_requests = Some(m.acks);
         r.lease_request_ms = Percentiles::of(&m.lease_ms);

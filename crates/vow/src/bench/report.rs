@@ -95,8 +95,8 @@ impl Bar {
 /// What one workload (one W3 mode) measured and whether its counts held.
 #[derive(Debug, Clone, Serialize)]
 pub struct WorkloadResult {
-    /// `W1`, `W2`, `W3a` (one lease + one complete per job), `W3b` (batched), `W4`,
-    /// `W6`.
+    /// `W1`, `W2`, `W3a` (one lease + one complete per job), `W3b` (batched), `W3c` (the
+    /// vow-client Worker), `W4`, `W6`.
     pub id: String,
     /// What exactly ran.
     pub description: String,
@@ -114,11 +114,12 @@ pub struct WorkloadResult {
     pub latency_ms: Option<Percentiles>,
     /// Time of each enqueue request (W1, W4) or batch request (W2), ms.
     pub request_ms: Option<Percentiles>,
-    /// Lease requests in the timed part (W3, W6; W4 not counted).
+    /// Lease requests in the timed part (W3a, W3b, W6; the Workers of W3c and W4 not
+    /// counted).
     pub lease_requests: Option<u64>,
     /// Completes (W3a) or ack requests (W3b, W6) in the timed part.
     pub ack_requests: Option<u64>,
-    /// Time of each lease request that returned jobs (W3, W6), ms.
+    /// Time of each lease request that returned jobs (W3a, W3b, W6), ms.
     pub lease_request_ms: Option<Percentiles>,
     /// Time of each complete (W3a) or ack request (W3b, W6), ms.
     pub ack_request_ms: Option<Percentiles>,
@@ -270,7 +271,7 @@ pub struct Report {
     pub machine: Machine,
     /// Every workload passed its checks.
     pub ok: bool,
-    /// One entry per workload (W3 has two: `W3a`, `W3b`).
+    /// One entry per workload (W3 has three: `W3a`, `W3b`, `W3c`).
     pub workloads: Vec<WorkloadResult>,
 }
 
@@ -449,6 +450,7 @@ fn short_label(id: &str) -> &'static str {
         "W2" => "batch enqueue ×100",
         "W3a" => "drain, lease+complete per job",
         "W3b" => "drain, batched lease+acks",
+        "W3c" => "drain, vow-client Worker",
         "W4" => "latency @200/s",
         "W6" => "completion notices",
         _ => "",

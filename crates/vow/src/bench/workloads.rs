@@ -524,6 +524,55 @@ fn spawn_batched_drain(
     }
 }
 
+/// W3 (c): the `vow-client` [`Worker`] (concurrency [`CONCURRENCY`], no-op handlers)
+/// drains the queue: what a worker written with the library gets. Timed from its start
+/// until it has stopped, which it does once the last handler has run and every outcome
+/// is recorded.
+pub async fn w3_drain_worker(
+    client: &Client,
+    queue: &str,
+    n: u64,
+    pb: &ProgressBar,
+    meter: &mut Meter,
+) -> anyhow::Result<Measured> {
+    let p = Progress::new(n, pb);
+    let queue_name: QueueName = queue
+        .parse()
+        .map_err(|e| anyhow::anyhow!("bad queue name {queue}: {e}"))?;
+    let worker = {
+        let p = p.clone();
+        Worker::new(client.clone())
+            .worker_id("vow-bench/w3c")
+            .poll_wait(Duration::from_millis(LEASE_WAIT_MS))
+            .shutdown_grace(Duration::from_secs(10))
+            .handle(queue_name, CONCURRENCY as usize, move |ctx| {
+                let p = p.clone();
+                async move {
+                    p.handled(&ctx.job().id);
+                    p.completed(1);
+                    Outcome::Complete(None)
+                }
+            })
+    };
+    meter.start();
+    let t0 = Instant::now();
+    let worker = tokio::spawn(worker.run(p.finished.clone()));
+    let mut tasks: JoinSet<anyhow::Result<()>> = JoinSet::new();
+    let finished = p.finished.clone();
+    // Stays in the set until the end: an empty set means something stopped early.
+    tasks.spawn(async move {
+        finished.cancelled().await;
+        Ok(())
+    });
+    let waited = p.wait(&mut tasks).await;
+    let stopped = worker.await.context("the W3c worker panicked")?;
+    let elapsed = t0.elapsed();
+    meter.stop();
+    waited?;
+    stopped.context("the W3c worker failed")?;
+    Ok(p.measured(elapsed))
+}
+
 /// W4: the `vow-client` [`Worker`] (concurrency [`CONCURRENCY`], long-poll leases) idles
 /// on the queue; a producer enqueues `n` jobs at 200 jobs/s, open loop (each enqueue its
 /// own task, started on schedule whether or not the previous one has answered).
