@@ -6,7 +6,9 @@
 //! so a panic becomes a retryable failure instead of taking the worker down. Outcomes
 //! go to one reporter per worker, which sends whatever has piled up while its previous
 //! request was in flight in one `POST /v1/acks` (one request and one store transaction
-//! for many jobs); a job's slot is free again once its outcome is recorded. On shutdown
+//! for many jobs). A job's slot is free for the next job once its handler has returned
+//! and its outcome is queued; at most `concurrency` outcomes per queue wait to be
+//! recorded, so a slow server holds the leasing back. On shutdown
 //! the loops stop leasing, in-flight handlers get a grace period to finish, and the
 //! jobs whose handlers are still running after it are *released*: failed as retryable
 //! with `retry_after_ms: 0`, so another worker picks them up at once instead of waiting
@@ -317,6 +319,7 @@ async fn lease_loop(shared: Arc<Shared>, spec: QueueSpec, tasks: Tasks) -> Resul
     const MIN_BACKOFF: Duration = Duration::from_millis(100);
     const MAX_BACKOFF: Duration = Duration::from_secs(5);
     let slots = Arc::new(Semaphore::new(spec.concurrency));
+    let unreported = Arc::new(Semaphore::new(spec.concurrency));
     let mut backoff = MIN_BACKOFF;
     loop {
         let first = tokio::select! {
@@ -364,7 +367,7 @@ async fn lease_loop(shared: Arc<Shared>, spec: QueueSpec, tasks: Tasks) -> Resul
                         shared.clone(),
                         spec.handler.clone(),
                         job,
-                        permit,
+                        (permit, unreported.clone()),
                         tasks.clone(),
                     ));
                 }
@@ -411,13 +414,14 @@ fn outcome_of_join(res: Result<Outcome, JoinError>) -> Outcome {
     }
 }
 
-/// Runs one job's handler (heartbeating meanwhile) and reports its outcome; holds the
-/// job's slot (`_permit`) until the outcome is recorded.
+/// Runs one job's handler (heartbeating meanwhile) and reports its outcome. Holds the
+/// job's slot until the handler has returned and one of the queue's `unreported`
+/// permits is taken for its outcome, which is held until the outcome is recorded.
 async fn run_job(
     shared: Arc<Shared>,
     handler: Handler,
     job: LeasedJob,
-    _permit: Option<OwnedSemaphorePermit>,
+    (slot, unreported): (Option<OwnedSemaphorePermit>, Arc<Semaphore>),
     tasks: Tasks,
 ) {
     let (shutdown, hard_stop) = (tasks.stop, tasks.hard_stop);
@@ -476,6 +480,10 @@ async fn run_job(
             after: Some(Duration::ZERO),
         }
     });
+    // Waits while the queue's unrecorded outcomes are at their bound, still holding the
+    // slot, so that a slow server holds the leasing back.
+    let reporting = unreported.acquire_owned().await.ok();
+    drop(slot);
     let (done, recorded) = oneshot::channel();
     let report = Report {
         queue,
@@ -487,6 +495,7 @@ async fn run_job(
     if tasks.reports.send(report).is_ok() {
         let _ = recorded.await;
     }
+    drop(reporting);
 }
 
 /// One handler's outcome on its way to the server; `done` is told once it was sent

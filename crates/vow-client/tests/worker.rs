@@ -24,6 +24,7 @@ struct Mock {
     calls: Mutex<Vec<(String, String, Value)>>,
     ack_requests: AtomicUsize,
     lose_leases: AtomicBool,
+    hold_acks: AtomicBool,
     unauthorized: AtomicBool,
 }
 
@@ -94,6 +95,9 @@ async fn act(
 
 async fn acks(State(m): State<Arc<Mock>>, Json(body): Json<Value>) -> Response {
     m.ack_requests.fetch_add(1, Ordering::SeqCst);
+    while m.hold_acks.load(Ordering::SeqCst) {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     let lost = m.lose_leases.load(Ordering::SeqCst);
     let mut out = json!({"complete": [], "fail": []});
     for (kind, state) in [("complete", "completed"), ("fail", "scheduled")] {
@@ -236,6 +240,39 @@ async fn outcomes_that_pile_up_go_out_in_one_request() {
         "ten outcomes at once took {requests} requests"
     );
     assert!(mock.calls("fail").is_empty());
+}
+
+#[tokio::test]
+async fn a_slot_is_free_while_its_outcome_is_recorded_within_a_bound() {
+    let jobs = (0..3).map(|i| leased(i, json!(null))).collect();
+    let (mock, client) = start(jobs).await;
+    mock.hold_acks.store(true, Ordering::SeqCst);
+    let started = Arc::new(AtomicUsize::new(0));
+    let shutdown = CancellationToken::new();
+    let s = started.clone();
+    let run = tokio::spawn(
+        worker(client)
+            .handle("q".parse().unwrap(), 1, move |_| {
+                s.fetch_add(1, Ordering::SeqCst);
+                async { Outcome::Complete(None) }
+            })
+            .run(shutdown.clone()),
+    );
+    // Concurrency 1: the second job runs while the first one's outcome is on its way.
+    until("the second handler", || started.load(Ordering::SeqCst) == 2).await;
+    // Its outcome waits behind the first one (one unrecorded outcome per slot), holding
+    // its slot: the third job is not leased.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(started.load(Ordering::SeqCst), 2);
+    assert_eq!(
+        mock.jobs.lock().unwrap().len(),
+        1,
+        "the third job is still queued"
+    );
+    mock.hold_acks.store(false, Ordering::SeqCst);
+    until("three completions", || mock.calls("complete").len() == 3).await;
+    shutdown.cancel();
+    run.await.unwrap().unwrap();
 }
 
 #[tokio::test]
