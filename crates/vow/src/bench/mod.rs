@@ -197,7 +197,7 @@ pub async fn run(args: &BenchArgs, target: Target) -> anyhow::Result<ExitCode> {
             Workload::W3 => &[
                 ("W3a", "drain of pre-enqueued jobs, 16 slots each leasing max_jobs=1 and completing with one POST /v1/jobs/{id}/complete per job", sizes.n_drain),
                 ("W3b", "drain of pre-enqueued jobs, one lease loop leasing up to its 16 free slots, completions sent in batches with POST /v1/acks", sizes.n_drain),
-                ("W3c", "drain of pre-enqueued jobs by the vow-client Worker (concurrency 16, no-op handlers): what a Rust worker gets; a slot is free once its outcome is recorded; timed until the Worker has stopped with every outcome recorded", sizes.n_drain),
+                ("W3c", "drain of pre-enqueued jobs by the vow-client Worker (concurrency 16, no-op handlers): what a Rust worker gets; outcomes reported in batches with POST /v1/acks, a slot free once its handler returns (at most 16 outcomes unrecorded); timed until the Worker has stopped with every outcome recorded", sizes.n_drain),
             ],
             Workload::W4 => &[("W4", "vow-client Worker (concurrency 16, long-poll leases) idle; producer enqueues at 200 jobs/s open loop; latency = handler start - enqueue start", sizes.n_lat)],
             Workload::W6 => &[("W6", "jobs with callback_url to a receiver in the bench (127.0.0.1) that verifies every signature and answers 500 to 30% of first attempts, 204 otherwise; enqueued in batches of 100 while the W3b drain completes them; timed from the first enqueue until every job's notice is acknowledged", sizes.n_notice)],
