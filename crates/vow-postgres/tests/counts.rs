@@ -136,6 +136,12 @@ async fn counts_stay_exact_across_roll_ups_and_whoever_writes_the_jobs() {
     roll_up_counts(&pg).await;
     assert_eq!(counted(&store, &t).await, want);
     assert_eq!(counted(&store, &other).await, truth(&admin, &other).await);
+
+    // Starting over.
+    admin.batch_execute("TRUNCATE jobs").await.unwrap();
+    assert_eq!(counted(&store, &t).await, Counts::new());
+    insert_one(&store, &t, "a", T0).await;
+    assert_eq!(counted(&store, &t).await, truth(&admin, &t).await);
 }
 
 #[tokio::test]
