@@ -56,7 +56,7 @@ pub(crate) async fn migrate(client: &mut Client) -> Result<(), tokio_postgres::E
         }
         tokio::time::sleep(LOCK_POLL).await;
     }
-    let out = apply_pending(client).await;
+    let out = apply_pending(client, i64::MAX).await;
     // Release even when a migration failed; a dropped connection releases it too.
     let unlock = client
         .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK])
@@ -66,7 +66,11 @@ pub(crate) async fn migrate(client: &mut Client) -> Result<(), tokio_postgres::E
     Ok(())
 }
 
-async fn apply_pending(client: &mut Client) -> Result<(), tokio_postgres::Error> {
+/// Applies the pending migrations up to `through` (a version), in order.
+pub(crate) async fn apply_pending(
+    client: &mut Client,
+    through: i64,
+) -> Result<(), tokio_postgres::Error> {
     client
         .batch_execute(
             "CREATE TABLE IF NOT EXISTS vow_schema_migrations (
@@ -74,7 +78,7 @@ async fn apply_pending(client: &mut Client) -> Result<(), tokio_postgres::Error>
                 applied_at TIMESTAMPTZ NOT NULL DEFAULT now())",
         )
         .await?;
-    for (version, sql) in MIGRATIONS {
+    for (version, sql) in MIGRATIONS.iter().take_while(|m| m.0 <= through) {
         if sql.starts_with(NO_TRANSACTION) {
             apply_outside_transaction(client, *version, sql).await?;
             continue;

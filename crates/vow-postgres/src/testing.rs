@@ -387,6 +387,14 @@ pub async fn session_setting(store: &crate::PgStore, name: &str) -> String {
     row.get(0)
 }
 
+/// Applies the migrations up to `version` to the database of `client`, as the release
+/// that ended there left it (for upgrade tests; without the store's advisory lock).
+pub async fn migrate_through(client: &mut tokio_postgres::Client, version: i64) {
+    crate::schema::apply_pending(client, version)
+        .await
+        .expect("migrations");
+}
+
 /// Folds the queue count deltas into the totals now (what every node does about once a
 /// second); returns how many deltas it folded (0 when another roll-up held the lock).
 pub async fn roll_up_counts(store: &crate::PgStore) -> u64 {

@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use vow_core::api::QueueView;
 use vow_core::TenantId;
-use vow_postgres::testing::{roll_up_counts, Cluster, TestDb};
-use vow_postgres::{PgStore, MIGRATIONS};
+use vow_postgres::testing::{migrate_through, roll_up_counts, Cluster, TestDb};
+use vow_postgres::PgStore;
 use vow_store_conformance::fixtures::{complete, insert_one, lease, tenant, DynStore, T0};
 
 async fn db() -> TestDb {
@@ -166,49 +166,12 @@ async fn a_node_folds_the_deltas_by_itself() {
     assert_eq!(counted(&store, &t).await, truth(&admin, &t).await);
 }
 
-/// The statements of a migration that runs outside a transaction, as the store splits
-/// them (whole-line comments dropped, split at `;`).
-fn statements(sql: &str) -> Vec<String> {
-    let code: Vec<&str> = sql
-        .lines()
-        .filter(|l| !l.trim_start().starts_with("--"))
-        .collect();
-    code.join("\n")
-        .split(';')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(str::to_owned)
-        .collect()
-}
-
 #[tokio::test]
 async fn a_database_an_older_release_left_gets_its_counts_from_its_jobs() {
     let db = db().await;
-    let admin = admin(&db).await;
+    let mut admin = admin(&db).await;
     // Schema 3, as the previous release left it, with jobs in it.
-    admin
-        .batch_execute(
-            "CREATE TABLE vow_schema_migrations (version BIGINT PRIMARY KEY, \
-             applied_at TIMESTAMPTZ NOT NULL DEFAULT now())",
-        )
-        .await
-        .unwrap();
-    for (version, sql) in MIGRATIONS.iter().filter(|m| m.0 <= 3) {
-        if sql.starts_with("-- vow:no-transaction") {
-            for s in statements(sql) {
-                admin.batch_execute(&s).await.unwrap();
-            }
-        } else {
-            admin.batch_execute(sql).await.unwrap();
-        }
-        admin
-            .execute(
-                "INSERT INTO vow_schema_migrations (version) VALUES ($1)",
-                &[version],
-            )
-            .await
-            .unwrap();
-    }
+    migrate_through(&mut admin, 3).await;
     let t = "ten_01M99C11YTSE6E7EQ0XN3H3KQA";
     admin
         .batch_execute(&format!(
