@@ -14,11 +14,9 @@
 --   to the totals in one transaction.
 -- * A read sums `queue_counts` and the deltas not yet rolled up, in one snapshot: exact.
 --
--- The counts are filled from the jobs with writers held off (`SHARE ROW EXCLUSIVE`
--- lets reads through) so that no write is counted twice or missed.
-SET LOCAL lock_timeout = 0;
-SET LOCAL statement_timeout = 0;
-LOCK TABLE jobs IN SHARE ROW EXCLUSIVE MODE;
+-- The counts of the jobs already there are filled by migration 5, once the triggers
+-- count every write: creating a trigger waits for the writes under way and holds new
+-- ones off only until this migration commits, not for a scan of every job.
 
 CREATE TABLE queue_counts (
     tenant_id TEXT NOT NULL,
@@ -84,6 +82,3 @@ END
 $$;
 CREATE TRIGGER jobs_count_truncate AFTER TRUNCATE ON jobs
     FOR EACH STATEMENT EXECUTE FUNCTION vow_count_no_jobs();
-
-INSERT INTO queue_counts (tenant_id, queue, state, n)
-SELECT tenant_id, queue, state, count(*) FROM jobs GROUP BY 1, 2, 3;

@@ -25,6 +25,7 @@ pub const MIGRATIONS: &[(i64, &str)] = &[
     (2, include_str!("../migrations/0002_webhooks.sql")),
     (3, include_str!("../migrations/0003_retention.sql")),
     (4, include_str!("../migrations/0004_queue_counts.sql")),
+    (5, include_str!("../migrations/0005_queue_counts_fill.sql")),
 ];
 
 /// First line of a migration that must run outside a transaction.

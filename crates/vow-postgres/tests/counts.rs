@@ -193,3 +193,48 @@ async fn a_database_an_older_release_left_gets_its_counts_from_its_jobs() {
     let store: DynStore = Arc::new(PgStore::connect(&db.url).await.unwrap());
     assert_eq!(counted(&store, &t).await, want);
 }
+
+/// Between the migration that adds the triggers and the one that counts the jobs
+/// already there, writes go on (nodes of the previous release): each is counted once.
+#[tokio::test]
+async fn writes_between_the_triggers_and_the_first_count_are_counted_once() {
+    let db = db().await;
+    let mut admin = admin(&db).await;
+    migrate_through(&mut admin, 3).await;
+    let t = "ten_01M99C11YTSE6E7EQ0XN3H3KQA";
+    let jobs = |from: i32, to: i32| {
+        format!(
+            "INSERT INTO jobs (id, tenant_id, queue, state, priority, max_attempts, run_at, \
+               created_at, timeout_ms, backoff, tags, metadata, payload) \
+             SELECT 'job_' || i, '{t}', 'a', 'available', 0, 3, 0, 0, 1000, '{{}}', '[]', \
+               '{{}}', '{{}}' FROM generate_series({from}, {to}) AS i"
+        )
+    };
+    admin
+        .batch_execute(&format!(
+            "INSERT INTO tenants (id, name, created_at) VALUES ('{t}', 'old', 0); \
+             INSERT INTO queues (tenant_id, name, created_at) VALUES ('{t}', 'a', 0); {};",
+            jobs(1, 10)
+        ))
+        .await
+        .unwrap();
+    migrate_through(&mut admin, 4).await;
+    admin
+        .batch_execute(&format!(
+            "{}; UPDATE jobs SET state = 'running' WHERE id IN ('job_1', 'job_11'); \
+             DELETE FROM jobs WHERE id = 'job_2';",
+            jobs(11, 15)
+        ))
+        .await
+        .unwrap();
+    assert!(
+        deltas(&admin).await > 0,
+        "the triggers counted those writes"
+    );
+    let t: TenantId = t.parse().unwrap();
+    let want = truth(&admin, &t).await;
+    assert_eq!(want.values().sum::<i64>(), 14);
+
+    let store: DynStore = Arc::new(PgStore::connect(&db.url).await.unwrap());
+    assert_eq!(counted(&store, &t).await, want);
+}
