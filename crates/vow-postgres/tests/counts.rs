@@ -108,7 +108,7 @@ async fn counts_stay_exact_across_roll_ups_and_whoever_writes_the_jobs() {
     // Folded into the totals, the counts read the same, and no delta is left. (A
     // roll-up of the node's own may have run first: then this one folds what is left.)
     roll_up_counts(&pg).await;
-    assert_eq!(deltas(&admin).await, 0);
+    until_folded(&admin).await;
     assert_eq!(counted(&store, &t).await, want);
 
     // Writes that do not go through this store (an operator's SQL, a node of an
@@ -128,6 +128,7 @@ async fn counts_stay_exact_across_roll_ups_and_whoever_writes_the_jobs() {
 
     // An update that moves no job between states (a heartbeat) adds no delta.
     roll_up_counts(&pg).await;
+    until_folded(&admin).await;
     admin
         .batch_execute("UPDATE jobs SET progress = '{}'")
         .await
@@ -145,6 +146,51 @@ async fn counts_stay_exact_across_roll_ups_and_whoever_writes_the_jobs() {
 }
 
 #[tokio::test]
+async fn one_roll_up_at_a_time() {
+    let db = db().await;
+    let mut admin = admin(&db).await;
+    let pg = Arc::new(PgStore::connect(&db.url).await.unwrap());
+    let store: DynStore = pg.clone();
+    let t = tenant(&store, "t").await;
+    // Another node's roll-up holds the lock (the key is "vow-cnts").
+    let other = admin.transaction().await.unwrap();
+    other
+        .execute("SELECT pg_advisory_xact_lock(8534170855715796083)", &[])
+        .await
+        .unwrap();
+    insert_one(&store, &t, "a", T0).await;
+    assert_eq!(
+        roll_up_counts(&pg).await,
+        0,
+        "the lock is taken: nothing folded"
+    );
+    let n: i64 = other
+        .query_one("SELECT count(*) FROM queue_count_deltas", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(n > 0, "the deltas are still there");
+    other.rollback().await.unwrap();
+    // Folded now (by this call, or by the node's own roll-up first).
+    roll_up_counts(&pg).await;
+    until_folded(&admin).await;
+    assert_eq!(counted(&store, &t).await, truth(&admin, &t).await);
+}
+
+/// Waits (bounded) until no delta is left.
+async fn until_folded(admin: &tokio_postgres::Client) {
+    let mut left = -1;
+    for _ in 0..50 {
+        left = deltas(admin).await;
+        if left == 0 {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("{left} deltas left after 5 s");
+}
+
+#[tokio::test]
 async fn a_node_folds_the_deltas_by_itself() {
     let db = db().await;
     let admin = admin(&db).await;
@@ -154,15 +200,7 @@ async fn a_node_folds_the_deltas_by_itself() {
         insert_one(&store, &t, "a", T0).await;
     }
     // The enqueues left deltas (see the test above); the node's own roll-ups fold them.
-    let mut left = -1;
-    for _ in 0..50 {
-        left = deltas(&admin).await;
-        if left == 0 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    assert_eq!(left, 0, "no roll-up within 5 s");
+    until_folded(&admin).await;
     assert_eq!(counted(&store, &t).await, truth(&admin, &t).await);
 }
 
