@@ -79,19 +79,33 @@ pub(crate) async fn roll_up_loop(pool: Pool, mut stop: tokio::sync::watch::Recei
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_vacuum = Instant::now();
     let mut folded_since = 0u64;
+    // Consecutive failed rounds: the first is logged as a warning, then one a minute,
+    // since deltas that are never folded make every read of the counts slower.
+    let mut failing = 0u32;
     loop {
         tokio::select! {
             changed = stop.changed() => if changed.is_err() { return },
             _ = tick.tick() => {}
         }
-        let Ok(c) = pool.get().await else { continue };
-        match roll_up(&c).await {
-            Ok(n) => folded_since += n,
+        let rolled = match pool.get().await {
+            Ok(c) => roll_up(&c).await.map(|n| (c, n)),
+            Err(e) => Err(crate::pool_err(e)),
+        };
+        let (c, n) = match rolled {
+            Ok(ok) => ok,
             Err(e) => {
-                tracing::debug!(error = %e, "could not roll up the queue counts");
+                if failing.is_multiple_of(60) {
+                    tracing::warn!(error = %e, failed_rounds = failing + 1, "could not roll up the queue counts; reads of the counts grow slower until it can");
+                }
+                failing = failing.saturating_add(1);
                 continue;
             }
+        };
+        if failing > 0 {
+            tracing::info!(failed_rounds = failing, "queue counts rolled up again");
+            failing = 0;
         }
+        folded_since += n;
         if folded_since > 0 && last_vacuum.elapsed() >= VACUUM_EVERY {
             if let Err(e) = c.batch_execute("VACUUM queue_count_deltas").await {
                 tracing::debug!(error = %e, "could not vacuum the queue count deltas");

@@ -247,7 +247,7 @@ async fn warn_if_autovacuum_off(client: &tokio_postgres::Client) {
     }
 }
 
-fn pool_err(e: deadpool_postgres::PoolError) -> StoreError {
+pub(crate) fn pool_err(e: deadpool_postgres::PoolError) -> StoreError {
     use deadpool_postgres::PoolError;
     match e {
         PoolError::Backend(e) => pg_err(e),
