@@ -1,7 +1,7 @@
-//! Each queue's count of jobs per state (schema 4): triggers on `jobs` append what each
-//! statement changed to `queue_count_deltas`; [`roll_up`] folds those deltas into
-//! `queue_counts` about once a second; [`read`] adds the two up in one snapshot, so a
-//! count is exact whatever the roll-ups have done.
+//! Each queue's count of jobs per state (schemas 4 and 5): triggers on `jobs` append
+//! what each statement changed to `queue_count_deltas`; [`roll_up`] folds those deltas
+//! into `queue_counts` about once a second; [`read`] adds the two up in one snapshot, so
+//! a count is exact whatever the roll-ups have done.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
