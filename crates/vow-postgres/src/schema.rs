@@ -155,10 +155,15 @@ fn statements(sql: &str) -> Vec<String> {
         .collect()
 }
 
-/// Fails unless every migration this binary knows is applied.
-pub(crate) async fn check(client: &Client) -> Result<(), String> {
+/// Fails unless every migration this binary knows is applied. The query is prepared
+/// once per pooled connection (readiness probes run it every few seconds).
+pub(crate) async fn check(client: &deadpool_postgres::ClientWrapper) -> Result<(), String> {
+    let st = client
+        .prepare_cached("SELECT MAX(version) FROM vow_schema_migrations")
+        .await
+        .map_err(|e| e.to_string())?;
     let row = client
-        .query_one("SELECT MAX(version) FROM vow_schema_migrations", &[])
+        .query_one(&st, &[])
         .await
         .map_err(|e| e.to_string())?;
     let max: Option<i64> = row.get(0);
