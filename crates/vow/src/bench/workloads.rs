@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use vow_client::{Client, Outcome, Worker};
 use vow_core::api::{
     AckComplete, AckRequest, BatchEnqueueRequest, CompleteRequest, DeliveryState, EnqueueRequest,
-    JobView, LeaseRequest,
+    JobView, LeaseRequest, LeasedJob,
 };
 use vow_core::{JobId, QueueName};
 
@@ -524,6 +524,36 @@ fn spawn_batched_drain(
     }
 }
 
+/// The `vow-client` [`Worker`] of W3c and W4 on `queue`: [`CONCURRENCY`] slots, long-poll
+/// leases; each handler calls `on_job` first, then counts the job into `p` and completes
+/// it.
+fn bench_worker(
+    client: &Client,
+    queue: &str,
+    worker_id: &str,
+    p: &Arc<Progress>,
+    on_job: impl Fn(&LeasedJob) + Send + Sync + 'static,
+) -> anyhow::Result<Worker> {
+    let queue_name: QueueName = queue
+        .parse()
+        .map_err(|e| anyhow::anyhow!("bad queue name {queue}: {e}"))?;
+    let (p, on_job) = (p.clone(), Arc::new(on_job));
+    Ok(Worker::new(client.clone())
+        .worker_id(worker_id)
+        .poll_wait(Duration::from_millis(LEASE_WAIT_MS))
+        .shutdown_grace(Duration::from_secs(10))
+        .handle(queue_name, CONCURRENCY as usize, move |ctx| {
+            let (p, on_job) = (p.clone(), on_job.clone());
+            async move {
+                let job = ctx.job();
+                on_job(job);
+                p.handled(&job.id);
+                p.completed(1);
+                Outcome::Complete(None)
+            }
+        }))
+}
+
 /// W3 (c): the `vow-client` [`Worker`] (concurrency [`CONCURRENCY`], no-op handlers)
 /// drains the queue: what a worker written with the library gets. Timed from its start
 /// until it has stopped, which it does once the last handler has run and every outcome
@@ -536,24 +566,7 @@ pub async fn w3_drain_worker(
     meter: &mut Meter,
 ) -> anyhow::Result<Measured> {
     let p = Progress::new(n, pb);
-    let queue_name: QueueName = queue
-        .parse()
-        .map_err(|e| anyhow::anyhow!("bad queue name {queue}: {e}"))?;
-    let worker = {
-        let p = p.clone();
-        Worker::new(client.clone())
-            .worker_id("vow-bench/w3c")
-            .poll_wait(Duration::from_millis(LEASE_WAIT_MS))
-            .shutdown_grace(Duration::from_secs(10))
-            .handle(queue_name, CONCURRENCY as usize, move |ctx| {
-                let p = p.clone();
-                async move {
-                    p.handled(&ctx.job().id);
-                    p.completed(1);
-                    Outcome::Complete(None)
-                }
-            })
-    };
+    let worker = bench_worker(client, queue, "vow-bench/w3c", &p, |_| {})?;
     meter.start();
     let t0 = Instant::now();
     let worker = tokio::spawn(worker.run(p.finished.clone()));
@@ -586,31 +599,14 @@ pub async fn w4_latency(
 ) -> anyhow::Result<Measured> {
     let p = Progress::new(n, pb);
     let latency = Arc::new(Mutex::new(Vec::with_capacity(n as usize)));
-    let queue_name: QueueName = queue
-        .parse()
-        .map_err(|e| anyhow::anyhow!("bad queue name {queue}: {e}"))?;
     let worker = {
-        let (p, latency) = (p.clone(), latency.clone());
-        Worker::new(client.clone())
-            .worker_id("vow-bench/w4")
-            .poll_wait(Duration::from_millis(LEASE_WAIT_MS))
-            .shutdown_grace(Duration::from_secs(10))
-            .handle(queue_name, CONCURRENCY as usize, move |ctx| {
-                let (p, latency) = (p.clone(), latency.clone());
-                async move {
-                    let start = now_ms();
-                    let job = ctx.job();
-                    if let Some(t) = job.payload.get("t").and_then(Value::as_f64) {
-                        latency
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .push(start - t);
-                    }
-                    p.handled(&job.id);
-                    p.completed(1);
-                    Outcome::Complete(None)
-                }
-            })
+        let latency = latency.clone();
+        bench_worker(client, queue, "vow-bench/w4", &p, move |job| {
+            let start = now_ms();
+            if let Some(t) = job.payload.get("t").and_then(Value::as_f64) {
+                lock(&latency).push(start - t);
+            }
+        })?
     };
     let worker = tokio::spawn(worker.run(p.finished.clone()));
     // Let the worker reach its long-poll: the producer should meet an idle worker.
