@@ -46,6 +46,26 @@ pub struct TestDb {
     bin: PathBuf,
 }
 
+impl TestDb {
+    /// A fresh, empty database of the shared cluster ([`Cluster::shared`]), created off
+    /// the runtime's threads.
+    pub async fn fresh() -> TestDb {
+        tokio::task::spawn_blocking(|| Cluster::shared().database())
+            .await
+            .expect("creating a test database")
+    }
+
+    /// A plain connection to this database (its driver spawned on the runtime), for
+    /// tests that look at or change it behind the store's back.
+    pub async fn client(&self) -> tokio_postgres::Client {
+        let (client, conn) = tokio_postgres::connect(&self.url, tokio_postgres::NoTls)
+            .await
+            .expect("connecting to the test database");
+        tokio::spawn(conn);
+        client
+    }
+}
+
 impl Drop for TestDb {
     fn drop(&mut self) {
         let _ = psql(

@@ -4,13 +4,11 @@
 use std::any::Any;
 use std::sync::Arc;
 
-use vow_postgres::testing::Cluster;
+use vow_postgres::testing::TestDb;
 use vow_store::Store;
 
 async fn make() -> (Arc<dyn Store>, Box<dyn Any + Send>) {
-    let db = tokio::task::spawn_blocking(|| Cluster::shared().database())
-        .await
-        .unwrap();
+    let db = TestDb::fresh().await;
     let url = format!("{}?pool_size=4", db.url);
     let store = vow_postgres::PgStore::connect(&url).await.unwrap();
     (Arc::new(store), Box::new(db))

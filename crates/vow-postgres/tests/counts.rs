@@ -7,23 +7,9 @@ use std::sync::Arc;
 
 use vow_core::api::QueueView;
 use vow_core::TenantId;
-use vow_postgres::testing::{migrate_through, roll_up_counts, Cluster, TestDb};
+use vow_postgres::testing::{migrate_through, roll_up_counts, TestDb};
 use vow_postgres::PgStore;
 use vow_store_conformance::fixtures::{complete, insert_one, lease, tenant, DynStore, T0};
-
-async fn db() -> TestDb {
-    tokio::task::spawn_blocking(|| Cluster::shared().database())
-        .await
-        .unwrap()
-}
-
-async fn admin(db: &TestDb) -> tokio_postgres::Client {
-    let (client, conn) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    client
-}
 
 type Counts = BTreeMap<(String, String), i64>;
 
@@ -84,8 +70,8 @@ async fn deltas(admin: &tokio_postgres::Client) -> i64 {
 
 #[tokio::test]
 async fn counts_stay_exact_across_roll_ups_and_whoever_writes_the_jobs() {
-    let db = db().await;
-    let admin = admin(&db).await;
+    let db = TestDb::fresh().await;
+    let admin = db.client().await;
     let pg = Arc::new(PgStore::connect(&db.url).await.unwrap());
     let store: DynStore = pg.clone();
     let t = tenant(&store, "t").await;
@@ -147,8 +133,8 @@ async fn counts_stay_exact_across_roll_ups_and_whoever_writes_the_jobs() {
 
 #[tokio::test]
 async fn one_roll_up_at_a_time() {
-    let db = db().await;
-    let mut admin = admin(&db).await;
+    let db = TestDb::fresh().await;
+    let mut admin = db.client().await;
     let pg = Arc::new(PgStore::connect(&db.url).await.unwrap());
     let store: DynStore = pg.clone();
     let t = tenant(&store, "t").await;
@@ -192,8 +178,8 @@ async fn until_folded(admin: &tokio_postgres::Client) {
 
 #[tokio::test]
 async fn a_node_folds_the_deltas_by_itself() {
-    let db = db().await;
-    let admin = admin(&db).await;
+    let db = TestDb::fresh().await;
+    let admin = db.client().await;
     let store: DynStore = Arc::new(PgStore::connect(&db.url).await.unwrap());
     let t = tenant(&store, "t").await;
     for _ in 0..3 {
@@ -206,8 +192,8 @@ async fn a_node_folds_the_deltas_by_itself() {
 
 #[tokio::test]
 async fn a_database_an_older_release_left_gets_its_counts_from_its_jobs() {
-    let db = db().await;
-    let mut admin = admin(&db).await;
+    let db = TestDb::fresh().await;
+    let mut admin = db.client().await;
     // Schema 3, as the previous release left it, with jobs in it.
     migrate_through(&mut admin, 3).await;
     let t = "ten_01M99C11YTSE6E7EQ0XN3H3KQA";
@@ -236,8 +222,8 @@ async fn a_database_an_older_release_left_gets_its_counts_from_its_jobs() {
 /// already there, writes go on (nodes of the previous release): each is counted once.
 #[tokio::test]
 async fn writes_between_the_triggers_and_the_first_count_are_counted_once() {
-    let db = db().await;
-    let mut admin = admin(&db).await;
+    let db = TestDb::fresh().await;
+    let mut admin = db.client().await;
     migrate_through(&mut admin, 3).await;
     let t = "ten_01M99C11YTSE6E7EQ0XN3H3KQA";
     let jobs = |from: i32, to: i32| {

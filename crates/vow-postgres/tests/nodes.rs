@@ -73,9 +73,7 @@ async fn next_event_of(
 
 /// Two nodes on a fresh database, each listening, and a tenant.
 async fn two_listening_nodes() -> (TestDb, Arc<PgStore>, Arc<PgStore>, TenantId) {
-    let db = tokio::task::spawn_blocking(|| Cluster::shared().database())
-        .await
-        .unwrap();
+    let db = TestDb::fresh().await;
     let (a, b) = (node(&db).await, node(&db).await);
     let t = tenant(&a).await;
     until_listening(&b, &a, &t).await;
@@ -243,9 +241,7 @@ async fn a_nodes_events_reach_the_others_in_the_order_it_answered_them() {
 /// (the others' own hellos come only every ten seconds).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lone_node_sends_no_notifications_and_a_new_node_is_known_at_once() {
-    let db = tokio::task::spawn_blocking(|| Cluster::shared().database())
-        .await
-        .unwrap();
+    let db = TestDb::fresh().await;
     // Everything sent on the channel, as a listener that is no node sees it.
     let (spy, mut spy_conn) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
         .await
@@ -307,9 +303,7 @@ async fn a_node_listening() -> (
     TenantId,
     tokio::sync::broadcast::Receiver<Arc<vow_store::BusEvent>>,
 ) {
-    let db = tokio::task::spawn_blocking(|| Cluster::shared().database())
-        .await
-        .unwrap();
+    let db = TestDb::fresh().await;
     let b = node(&db).await;
     let t = tenant(&b).await;
     let heard = b.bus().subscribe();
@@ -472,9 +466,7 @@ async fn an_outage_is_unavailable_not_a_hang_and_the_nodes_recover() {
 /// while the others wait for it without holding a snapshot it would wait for.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_starting_together_all_apply_or_wait_for_the_migrations() {
-    let db = tokio::task::spawn_blocking(|| Cluster::shared().database())
-        .await
-        .unwrap();
+    let db = TestDb::fresh().await;
     let nodes = futures::future::join_all((0..4).map(|_| {
         let url = format!("{}?pool_size=2&statement_timeout_ms=5000", db.url);
         async move { PgStore::connect(&url).await }

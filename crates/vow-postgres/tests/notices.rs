@@ -8,7 +8,7 @@ use serde_json::json;
 use vow_core::api::WebhookEvent;
 use vow_core::notice::Breaker;
 use vow_core::{TenantId, Timestamp, WebhookId};
-use vow_postgres::testing::{Cluster, TestDb};
+use vow_postgres::testing::TestDb;
 use vow_postgres::PgStore;
 use vow_store::*;
 use vow_store_conformance::fixtures::{insert, lease, tenant, DynStore, T0};
@@ -16,12 +16,6 @@ use vow_store_conformance::fixtures::{insert, lease, tenant, DynStore, T0};
 async fn node(db: &TestDb) -> DynStore {
     let url = format!("{}?pool_size=4", db.url);
     Arc::new(PgStore::connect(&url).await.unwrap())
-}
-
-async fn db() -> TestDb {
-    tokio::task::spawn_blocking(|| Cluster::shared().database())
-        .await
-        .unwrap()
 }
 
 /// `n` completed jobs of a tenant subscribed to completions at `url`.
@@ -73,7 +67,7 @@ fn claim_at(now: Timestamp, limit: usize) -> DeliveryClaim {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_claims_on_two_nodes_never_share_a_delivery() {
-    let db = db().await;
+    let db = TestDb::fresh().await;
     let (a, b) = (node(&db).await, node(&db).await);
     let t = tenant(&a, "t").await;
     completed(&a, &t, "https://r.example/h", 200).await;
@@ -106,7 +100,7 @@ async fn concurrent_claims_on_two_nodes_never_share_a_delivery() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_half_open_endpoint_yields_one_probe_across_nodes() {
-    let db = db().await;
+    let db = TestDb::fresh().await;
     let (a, b) = (node(&db).await, node(&db).await);
     let breaker = Breaker::default();
     // Several tenants, each with its own (per-tenant) endpoint health, all tripped.

@@ -8,31 +8,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::json;
-use vow_postgres::testing::{Cluster, TestDb};
+use vow_postgres::testing::TestDb;
 use vow_postgres::PgStore;
 use vow_store::*;
 use vow_store_conformance::fixtures::{
     complete, insert, insert_one, lease, new_job, tenant, DynStore, T0,
 };
 
-async fn db() -> TestDb {
-    tokio::task::spawn_blocking(|| Cluster::shared().database())
-        .await
-        .unwrap()
-}
-
 /// One pooled connection: a transaction left open would be inherited by the next call.
 async fn single_connection_store(db: &TestDb) -> DynStore {
     let url = format!("{}?pool_size=1&pool_timeout_ms=2000", db.url);
     Arc::new(PgStore::connect(&url).await.unwrap())
-}
-
-async fn admin(db: &TestDb) -> tokio_postgres::Client {
-    let (client, conn) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    client
 }
 
 /// Sessions of the store's database that sit inside a transaction.
@@ -61,7 +47,7 @@ async fn settled(admin: &tokio_postgres::Client) {
 
 #[tokio::test]
 async fn a_failed_write_rolls_back_and_the_connection_goes_on() {
-    let db = db().await;
+    let db = TestDb::fresh().await;
     let store = single_connection_store(&db).await;
     let t = tenant(&store, "acme").await;
     let job = insert_one(&store, &t, "q", T0).await;
@@ -84,16 +70,16 @@ async fn a_failed_write_rolls_back_and_the_connection_goes_on() {
     // The one connection is usable: not stuck in an aborted or open transaction.
     let more = insert(&store, &t, "q", vec![json!({ "payload": 2 })], T0).await;
     assert_eq!(more.len(), 1);
-    let admin = admin(&db).await;
+    let admin = db.client().await;
     assert_eq!(open_transactions(&admin).await, 0);
 }
 
 #[tokio::test]
 async fn a_cancelled_write_leaves_no_open_transaction_and_no_half_of_itself() {
-    let db = db().await;
+    let db = TestDb::fresh().await;
     let store = single_connection_store(&db).await;
     let t = tenant(&store, "acme").await;
-    let admin = admin(&db).await;
+    let admin = db.client().await;
     let mut ok = 0usize;
     // Cancel enqueues at every point of their flight: before BEGIN, between the body's
     // statements, around COMMIT.
@@ -141,9 +127,9 @@ async fn a_cancelled_write_leaves_no_open_transaction_and_no_half_of_itself() {
 /// available job of the queue on each lease.
 #[tokio::test]
 async fn the_lease_walks_its_index_without_statistics() {
-    let db = db().await;
+    let db = TestDb::fresh().await;
     let store = single_connection_store(&db).await;
-    let mut admin = admin(&db).await;
+    let mut admin = db.client().await;
     // No autoanalyze may sneak in between the inserts and the EXPLAIN.
     admin
         .batch_execute("ALTER TABLE jobs SET (autovacuum_enabled = false)")
@@ -193,9 +179,9 @@ async fn the_lease_walks_its_index_without_statistics() {
 /// statistics or not, never by reading every available job.
 #[tokio::test]
 async fn the_oldest_available_job_is_a_probe_per_priority() {
-    let db = db().await;
+    let db = TestDb::fresh().await;
     let store = single_connection_store(&db).await;
-    let mut admin = admin(&db).await;
+    let mut admin = db.client().await;
     admin
         .batch_execute("ALTER TABLE jobs SET (autovacuum_enabled = false)")
         .await
@@ -229,9 +215,9 @@ async fn the_oldest_available_job_is_a_probe_per_priority() {
 /// of all of them made every claim cost 13 ms at a few thousand, 34 ms at 10,000).
 #[tokio::test]
 async fn the_deliveries_claim_walks_its_index() {
-    let db = db().await;
+    let db = TestDb::fresh().await;
     let _store = single_connection_store(&db).await;
-    let mut admin = admin(&db).await;
+    let mut admin = db.client().await;
     admin
         .batch_execute(
             "INSERT INTO deliveries (id, tenant_id, job_id, event, url, endpoint, body, state, \
@@ -281,9 +267,9 @@ async fn generic_plan(tx: &tokio_postgres::Transaction<'_>, execute: &str) -> St
 /// would filter every one of its jobs for the id: 17 ms a job lock at 20,000 jobs).
 #[tokio::test]
 async fn lookups_by_id_walk_the_ids_index_for_a_tenant_the_statistics_have_not_seen() {
-    let db = db().await;
+    let db = TestDb::fresh().await;
     let store = single_connection_store(&db).await;
-    let mut admin = admin(&db).await;
+    let mut admin = db.client().await;
     admin
         .batch_execute(
             "ALTER TABLE jobs SET (autovacuum_enabled = false); \
@@ -350,8 +336,8 @@ async fn lookups_by_id_walk_the_ids_index_for_a_tenant_the_statistics_have_not_s
 /// notification (and its retry) fails, and every write is still answered as done.
 #[tokio::test]
 async fn a_write_whose_notification_fails_is_answered_as_committed() {
-    let db = db().await;
-    let admin = admin(&db).await;
+    let db = TestDb::fresh().await;
+    let admin = db.client().await;
     let role = format!("vow_mute_{:08x}", rand::random::<u32>());
     admin
         .batch_execute(&format!(
@@ -399,8 +385,8 @@ async fn a_write_whose_notification_fails_is_answered_as_committed() {
 /// generic plan, whatever the database's own defaults say.
 #[tokio::test]
 async fn sessions_commit_durably_and_plan_generically_whatever_the_defaults() {
-    let db = db().await;
-    let admin = admin(&db).await;
+    let db = TestDb::fresh().await;
+    let admin = db.client().await;
     let name: String = admin
         .query_one("SELECT current_database()", &[])
         .await
@@ -440,9 +426,9 @@ async fn sessions_commit_durably_and_plan_generically_whatever_the_defaults() {
 /// nothing is leased, the error is the caller's, and the connection goes on.
 #[tokio::test]
 async fn a_failing_last_statement_sent_with_its_commit_commits_nothing() {
-    let db = db().await;
+    let db = TestDb::fresh().await;
     let store = single_connection_store(&db).await;
-    let admin = admin(&db).await;
+    let admin = db.client().await;
     let t = tenant(&store, "acme").await;
     let job = insert_one(&store, &t, "q", T0).await;
     let failed = store
@@ -474,8 +460,8 @@ async fn a_failing_last_statement_sent_with_its_commit_commits_nothing() {
 /// behind the `COMMIT`, in a transaction of its own): every row carries the same xmin.
 #[tokio::test]
 async fn an_acks_writes_sent_with_its_commit_are_one_transaction() {
-    let db = db().await;
-    let admin = admin(&db).await;
+    let db = TestDb::fresh().await;
+    let admin = db.client().await;
     for round in 0..2 {
         // A new store: its one connection has prepared nothing yet.
         let store = single_connection_store(&db).await;
@@ -543,8 +529,8 @@ async fn an_acks_writes_sent_with_its_commit_are_one_transaction() {
 /// published event).
 #[tokio::test]
 async fn a_plain_enqueue_is_answered_after_its_commit() {
-    let db = db().await;
-    let admin = admin(&db).await;
+    let db = TestDb::fresh().await;
+    let admin = db.client().await;
     let at_commit = |body: &str| {
         format!(
             "CREATE OR REPLACE FUNCTION at_commit() RETURNS trigger LANGUAGE plpgsql AS $$ \
@@ -606,8 +592,8 @@ async fn a_plain_enqueue_is_answered_after_its_commit() {
 /// transaction, committed with its last statement).
 #[tokio::test]
 async fn a_write_whose_caller_went_away_still_publishes_its_effects() {
-    let db = db().await;
-    let admin = admin(&db).await;
+    let db = TestDb::fresh().await;
+    let admin = db.client().await;
     let store = single_connection_store(&db).await;
     admin
         .batch_execute(
