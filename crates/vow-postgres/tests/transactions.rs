@@ -125,17 +125,24 @@ async fn a_cancelled_write_leaves_no_open_transaction_and_no_half_of_itself() {
 /// The lease walks `jobs_lease` in order even on a table the planner has no statistics
 /// for (a new database, or autovacuum off), where it would otherwise sort every
 /// available job of the queue on each lease.
-#[tokio::test]
-async fn the_lease_walks_its_index_without_statistics() {
+/// A fresh database whose `jobs` table autovacuum never visits, so that no autoanalyze
+/// sneaks in between a test's inserts and its EXPLAIN; a single-connection store on it,
+/// a plain connection, and a tenant.
+async fn jobs_never_analyzed() -> (TestDb, DynStore, tokio_postgres::Client, vow_core::TenantId) {
     let db = TestDb::fresh().await;
     let store = single_connection_store(&db).await;
-    let mut admin = db.client().await;
-    // No autoanalyze may sneak in between the inserts and the EXPLAIN.
+    let admin = db.client().await;
     admin
         .batch_execute("ALTER TABLE jobs SET (autovacuum_enabled = false)")
         .await
         .unwrap();
     let t = tenant(&store, "acme").await;
+    (db, store, admin, t)
+}
+
+#[tokio::test]
+async fn the_lease_walks_its_index_without_statistics() {
+    let (_db, store, mut admin, t) = jobs_never_analyzed().await;
     let reqs = (0..10_000).map(|i| json!({ "payload": i })).collect();
     insert(&store, &t, "q", reqs, T0).await;
     let tx = admin.transaction().await.unwrap();
@@ -179,14 +186,7 @@ async fn the_lease_walks_its_index_without_statistics() {
 /// statistics or not, never by reading every available job.
 #[tokio::test]
 async fn the_oldest_available_job_is_a_probe_per_priority() {
-    let db = TestDb::fresh().await;
-    let store = single_connection_store(&db).await;
-    let mut admin = db.client().await;
-    admin
-        .batch_execute("ALTER TABLE jobs SET (autovacuum_enabled = false)")
-        .await
-        .unwrap();
-    let t = tenant(&store, "acme").await;
+    let (_db, store, mut admin, t) = jobs_never_analyzed().await;
     // The oldest jobs have the lowest priority (the last to probe).
     for (priority, age) in [(0, 0), (1, 500), (2, 1_000)] {
         let reqs = (0..2_000)
