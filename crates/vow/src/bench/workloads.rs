@@ -554,6 +554,28 @@ fn bench_worker(
         }))
 }
 
+/// Waits as [`Progress::wait`] does, then for the `worker` of workload `id` to stop (it
+/// does once `p` is finished and its outcomes are recorded); stops `meter` and returns
+/// the time since `t0`.
+async fn until_worker_stopped(
+    p: &Progress,
+    tasks: &mut JoinSet<anyhow::Result<()>>,
+    worker: tokio::task::JoinHandle<Result<(), vow_client::Error>>,
+    id: &str,
+    t0: Instant,
+    meter: &mut Meter,
+) -> anyhow::Result<Duration> {
+    let waited = p.wait(tasks).await;
+    let stopped = worker
+        .await
+        .with_context(|| format!("the {id} worker panicked"))?;
+    let elapsed = t0.elapsed();
+    meter.stop();
+    waited?;
+    stopped.with_context(|| format!("the {id} worker failed"))?;
+    Ok(elapsed)
+}
+
 /// W3 (c): the `vow-client` [`Worker`] (concurrency [`CONCURRENCY`], no-op handlers)
 /// drains the queue: what a worker written with the library gets. Timed from its start
 /// until it has stopped, which it does once the last handler has run and every outcome
@@ -577,12 +599,7 @@ pub async fn w3_drain_worker(
         finished.cancelled().await;
         Ok(())
     });
-    let waited = p.wait(&mut tasks).await;
-    let stopped = worker.await.context("the W3c worker panicked")?;
-    let elapsed = t0.elapsed();
-    meter.stop();
-    waited?;
-    stopped.context("the W3c worker failed")?;
+    let elapsed = until_worker_stopped(&p, &mut tasks, worker, "W3c", t0, meter).await?;
     Ok(p.measured(elapsed))
 }
 
@@ -646,12 +663,7 @@ pub async fn w4_latency(
         finished.cancelled().await;
         Ok(())
     });
-    let waited = p.wait(&mut tasks).await;
-    let stopped = worker.await.context("the W4 worker panicked")?;
-    let elapsed = t0.elapsed();
-    meter.stop();
-    waited?;
-    stopped.context("the W4 worker failed")?;
+    let elapsed = until_worker_stopped(&p, &mut tasks, worker, "W4", t0.into_std(), meter).await?;
     let latency_ms = std::mem::take(&mut *latency.lock().unwrap_or_else(|e| e.into_inner()));
     anyhow::ensure!(
         latency_ms.len() as u64 == p.done(),
