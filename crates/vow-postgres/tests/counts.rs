@@ -190,6 +190,17 @@ async fn a_node_folds_the_deltas_by_itself() {
     assert_eq!(counted(&store, &t).await, truth(&admin, &t).await);
 }
 
+/// SQL inserting jobs `job_<from>` to `job_<to>` of tenant `t` as a writer that is not
+/// this store would: `queue` and `state` are SQL expressions of the job's number `i`.
+fn raw_jobs(t: &str, queue: &str, state: &str, from: i32, to: i32) -> String {
+    format!(
+        "INSERT INTO jobs (id, tenant_id, queue, state, priority, max_attempts, run_at, \
+           created_at, timeout_ms, backoff, tags, metadata, payload) \
+         SELECT 'job_' || i, '{t}', {queue}, {state}, 0, 3, 0, 0, 1000, '{{}}', '[]', '{{}}', \
+           '{{}}' FROM generate_series({from}, {to}) AS i"
+    )
+}
+
 #[tokio::test]
 async fn a_database_an_older_release_left_gets_its_counts_from_its_jobs() {
     let db = TestDb::fresh().await;
@@ -201,12 +212,14 @@ async fn a_database_an_older_release_left_gets_its_counts_from_its_jobs() {
         .batch_execute(&format!(
             "INSERT INTO tenants (id, name, created_at) VALUES ('{t}', 'old', 0); \
              INSERT INTO queues (tenant_id, name, created_at) VALUES ('{t}', 'a', 0), ('{t}', 'b', 0); \
-             INSERT INTO jobs (id, tenant_id, queue, state, priority, max_attempts, run_at, \
-               created_at, timeout_ms, backoff, tags, metadata, payload) \
-             SELECT 'job_' || i, '{t}', CASE WHEN i % 3 = 0 THEN 'b' ELSE 'a' END, \
-               (ARRAY['available', 'running', 'completed', 'dead'])[1 + i % 4], 0, 3, 0, 0, \
-               1000, '{{}}', '[]', '{{}}', '{{}}' \
-             FROM generate_series(1, 50) AS i;"
+             {};",
+            raw_jobs(
+                t,
+                "CASE WHEN i % 3 = 0 THEN 'b' ELSE 'a' END",
+                "(ARRAY['available', 'running', 'completed', 'dead'])[1 + i % 4]",
+                1,
+                50
+            )
         ))
         .await
         .unwrap();
@@ -226,14 +239,7 @@ async fn writes_between_the_triggers_and_the_first_count_are_counted_once() {
     let mut admin = db.client().await;
     migrate_through(&mut admin, 3).await;
     let t = "ten_01M99C11YTSE6E7EQ0XN3H3KQA";
-    let jobs = |from: i32, to: i32| {
-        format!(
-            "INSERT INTO jobs (id, tenant_id, queue, state, priority, max_attempts, run_at, \
-               created_at, timeout_ms, backoff, tags, metadata, payload) \
-             SELECT 'job_' || i, '{t}', 'a', 'available', 0, 3, 0, 0, 1000, '{{}}', '[]', \
-               '{{}}', '{{}}' FROM generate_series({from}, {to}) AS i"
-        )
-    };
+    let jobs = |from, to| raw_jobs(t, "'a'", "'available'", from, to);
     admin
         .batch_execute(&format!(
             "INSERT INTO tenants (id, name, created_at) VALUES ('{t}', 'old', 0); \
