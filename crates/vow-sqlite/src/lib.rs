@@ -19,6 +19,15 @@
 //! them proceed beside the writer. A reader's snapshot can include a transaction whose
 //! sync is still in flight, so a read returns only once every transaction it may have
 //! seen is durable: nothing a power loss could take back is ever shown.
+//!
+//! Leases are the one exception: a lease is answered as soon as its transaction has
+//! committed, and that transaction commits without waiting for the syncer to be free
+//! ([`Answer::Committed`]). A lease promises its worker nothing durable. A power loss
+//! before the sync takes it back: the job is available again and runs again, as after
+//! an expired lease, and the first worker's outcome is refused, since the lease id it
+//! holds is gone. A process crash (`kill -9`) takes nothing back: the log's pages are
+//! in the kernel's cache. Every later answered write is synced after the lease's
+//! commit, so the lease is durable before any outcome recorded under it.
 
 mod jobs;
 mod notices;
@@ -86,8 +95,27 @@ impl Effects {
 type Finish = Box<dyn FnOnce(Result<(), Arc<str>>) + Send>;
 /// A write command: runs on the writer's connection inside the open transaction (`alone`
 /// when it is the transaction's only command) and returns what to do once the
-/// transaction has ended, and whether the command failed.
-type WriteCmd = Box<dyn FnOnce(&Connection, bool) -> (Finish, bool) + Send>;
+/// transaction has ended ([`Ran`]).
+type WriteCmd = Box<dyn FnOnce(&Connection, bool) -> Ran + Send>;
+
+/// When a write command's caller is answered (and its effects published).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Answer {
+    /// Once its transaction has been synced: what a client is told is saved is on disk.
+    Synced,
+    /// As soon as its transaction has committed, before the sync: leases only (see the
+    /// crate's documentation). A transaction holding such a command commits at once
+    /// rather than wait for the syncer to be free.
+    Committed,
+}
+
+/// What a write command left once it ran: what to do once its transaction has ended,
+/// whether it failed, and when to do it.
+struct Ran {
+    finish: Finish,
+    failed: bool,
+    answer: Answer,
+}
 type ReadCmd = Box<dyn FnOnce(&Connection) + Send>;
 
 /// Counters of the writer and syncer threads: how many transactions were committed,
@@ -293,7 +321,7 @@ impl SqliteStore {
         &self,
         f: impl FnOnce(&Connection, &mut Effects) -> StoreResult<T> + Send + 'static,
     ) -> StoreResult<T> {
-        self.submit(f, true).await
+        self.submit(f, true, Answer::Synced).await
     }
 
     /// [`SqliteStore::write`] for a command that may take long (a batch of more than
@@ -304,7 +332,7 @@ impl SqliteStore {
         &self,
         f: impl FnOnce(&Connection, &mut Effects) -> StoreResult<T> + Send + 'static,
     ) -> StoreResult<T> {
-        self.submit(f, false).await
+        self.submit(f, false, Answer::Synced).await
     }
 
     /// [`SqliteStore::write`] for a batch of `items`: long past [`INLINE_MAX_ITEMS`].
@@ -313,15 +341,27 @@ impl SqliteStore {
         items: usize,
         f: impl FnOnce(&Connection, &mut Effects) -> StoreResult<T> + Send + 'static,
     ) -> StoreResult<T> {
-        self.submit(f, items <= INLINE_MAX_ITEMS).await
+        self.submit(f, items <= INLINE_MAX_ITEMS, Answer::Synced)
+            .await
+    }
+
+    /// [`SqliteStore::write`] for a lease: answered as soon as it is committed, before
+    /// its sync ([`Answer::Committed`]), and always run by the writer thread, so that
+    /// its caller does not wait while its own thread syncs.
+    pub(crate) async fn write_lease<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection, &mut Effects) -> StoreResult<T> + Send + 'static,
+    ) -> StoreResult<T> {
+        self.submit(f, false, Answer::Committed).await
     }
 
     /// Builds the command and has it run: inline when `short` allows and nothing else is
-    /// writing, else by the writer thread.
+    /// writing, else by the writer thread. Its caller is answered when `answer` says.
     async fn submit<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Connection, &mut Effects) -> StoreResult<T> + Send + 'static,
         short: bool,
+        answer: Answer,
     ) -> StoreResult<T> {
         // Counted before the check, so that `close` either waits for this write or it
         // is refused.
@@ -381,7 +421,11 @@ impl SqliteStore {
                 };
                 let _ = tx.send(out);
             });
-            (finish, failed)
+            Ran {
+                finish,
+                failed,
+                answer,
+            }
         });
         let alone = short && writing.alone() && self.writer.is_empty();
         if let Some(cmd) = self.side.run_inline(cmd, alone) {
@@ -543,7 +587,7 @@ impl WriteSide {
             return None;
         }
         let stats = &*self.sync.stats;
-        let (finish, failed) = cmd(&conn, true);
+        let Ran { finish, failed, .. } = cmd(&conn, true);
         stats.commands.fetch_add(1, Ordering::Relaxed);
         stats.inline.fetch_add(1, Ordering::Relaxed);
         metrics::counter!("vow_sqlite_write_commands_total").increment(1);
@@ -567,7 +611,7 @@ impl WriteSide {
     /// without a savepoint), else commits, rolling the whole back if the commit fails.
     /// Counts the commit and records the log's size if it wrote frames (SQLite's WAL
     /// hook tells the committing thread, and only when frames were written). Returns
-    /// how it ended and whether it committed.
+    /// how it ended and whether it committed frames to the log.
     fn end_transaction(
         &self,
         conn: &Connection,
@@ -584,8 +628,8 @@ impl WriteSide {
                 msg
             })
         };
-        let wrote = commit.is_ok() && !lone_failed;
-        if wrote {
+        let committed = commit.is_ok() && !lone_failed;
+        if committed {
             self.sync.stats.commits.fetch_add(1, Ordering::Relaxed);
             metrics::counter!("vow_sqlite_commits_total").increment(1);
         }
@@ -593,7 +637,9 @@ impl WriteSide {
         if frames >= 0 {
             self.frames.store(frames, Ordering::Relaxed);
         }
-        (commit, wrote)
+        // A transaction that changed nothing (a lease that found no job) wrote no frame:
+        // there is nothing of it to sync.
+        (commit, committed && frames >= 0)
     }
 }
 
@@ -682,6 +728,7 @@ fn count_wal_frames(_: &rusqlite::hooks::Wal, frames: std::ffi::c_int) -> rusqli
 /// wait for a checkpoint. A failure is logged and retried likewise; the log grows
 /// meanwhile, nothing is lost.
 fn checkpoint(conn: &Connection, frames: &AtomicI32) -> i32 {
+    let started = std::time::Instant::now();
     let r = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
         Ok((
             r.get::<_, i64>(0)?,
@@ -689,6 +736,8 @@ fn checkpoint(conn: &Connection, frames: &AtomicI32) -> i32 {
             r.get::<_, i64>(2)?,
         ))
     });
+    metrics::histogram!("vow_sqlite_checkpoint_duration_seconds")
+        .record(started.elapsed().as_secs_f64());
     let frames = frames.swap(0, Ordering::Relaxed);
     match r {
         Ok((_, log, done)) if log == done => CHECKPOINT_FRAMES,
@@ -824,18 +873,26 @@ fn writer_loop(
         // command, committed right after it (so it needs no savepoint).
         let alone = in_flight == 0 && rx.is_empty();
         let mut finishers: Vec<Finish> = Vec::with_capacity(if alone { 1 } else { 64 });
+        // Those answered at the commit ([`Answer::Committed`]).
+        let mut at_commit: Vec<Finish> = Vec::new();
         let mut failed = false;
+        // Runs a command; true if its caller is to be answered at the commit, which
+        // then comes as soon as the commands already queued have joined.
         let mut run = |cmd: WriteCmd| {
-            let (finish, f) = cmd(&conn, alone);
-            failed |= f;
-            finishers.push(finish);
+            let r = cmd(&conn, alone);
+            failed |= r.failed;
+            match r.answer {
+                Answer::Synced => finishers.push(r.finish),
+                Answer::Committed => at_commit.push(r.finish),
+            }
+            r.answer == Answer::Committed
         };
-        run(first);
+        let mut commit_now = run(first);
         let mut ran = 1;
         while !alone && ran < MAX_GROUP {
             match rx.try_recv() {
                 Ok(cmd) => {
-                    run(cmd);
+                    commit_now |= run(cmd);
                     ran += 1;
                     continue;
                 }
@@ -843,14 +900,14 @@ fn writer_loop(
                 Err(TryRecvError::Empty) => {}
             }
             in_flight -= synced.try_iter().sum::<usize>();
-            if in_flight == 0 {
+            if in_flight == 0 || commit_now {
                 break;
             }
             // The syncer is busy: what arrives before it is free joins this transaction.
             select! {
                 recv(rx) -> cmd => match cmd {
                     Ok(cmd) => {
-                        run(cmd);
+                        commit_now |= run(cmd);
                         ran += 1;
                     }
                     Err(_) => break,
@@ -866,10 +923,15 @@ fn writer_loop(
         let seq = sync.durability.committing.fetch_add(1, Ordering::SeqCst) + 1;
         // A lone command that failed ran without a savepoint: undo whatever it wrote.
         let (commit, wrote) = side.end_transaction(&conn, alone && failed);
-        if in_flight == 0 && rx.is_empty() {
+        let answered_early = !at_commit.is_empty();
+        for finish in at_commit {
+            finish(commit.clone());
+        }
+        if in_flight == 0 && rx.is_empty() && !answered_early {
             // Nothing waits to run and nothing is being synced, so there is nothing to
             // overlap the sync with: sync here rather than wake the syncer (one thread
-            // hand-off less on every request of a lone or lightly loaded caller).
+            // hand-off less on every request of a lone or lightly loaded caller). Not
+            // after a lease: the next one should not wait for this sync.
             if wrote {
                 sync.log();
             }
@@ -916,7 +978,11 @@ impl Store for SqliteStore {
                 let finish: Finish = Box::new(move |_| {
                     let _ = tx.send(());
                 });
-                (finish, false)
+                Ran {
+                    finish,
+                    failed: false,
+                    answer: Answer::Synced,
+                }
             });
             if self.writer.send(barrier).is_ok() {
                 let _ = rx.await;
@@ -1002,8 +1068,7 @@ impl Store for SqliteStore {
     }
     async fn job_lease(&self, p: &JobLease) -> StoreResult<Vec<Job>> {
         let p = p.clone();
-        self.write_batch(p.max_jobs as usize, move |c, fx| jobs::lease(c, fx, &p))
-            .await
+        self.write_lease(move |c, fx| jobs::lease(c, fx, &p)).await
     }
     async fn job_list(&self, p: &JobList) -> StoreResult<Page<Job>> {
         let p = p.clone();
@@ -1186,7 +1251,13 @@ mod tests {
     /// closed channel ends its wait whether it polls or sleeps.
     #[test]
     fn the_idle_writer_polls_only_while_commands_come_quickly() {
-        let noop = || -> WriteCmd { Box::new(|_, _| (Box::new(|_| {}), false)) };
+        let noop = || -> WriteCmd {
+            Box::new(|_, _| Ran {
+                finish: Box::new(|_| {}),
+                failed: false,
+                answer: Answer::Synced,
+            })
+        };
         let (tx, rx) = crossbeam_channel::unbounded::<WriteCmd>();
         let mut idle = IdleGaps::default();
         assert!(idle.average < SPIN, "a new writer polls");
@@ -1259,6 +1330,35 @@ mod tests {
             syncs >= commits,
             "write {i}: {commits} commits, {syncs} syncs"
         );
+    }
+
+    /// A lease is answered once committed, before its sync; a write after it is still
+    /// answered only after a sync, which covers the lease too. With every sync slowed
+    /// to 500 ms, the lease returns while its own sync still sleeps.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_lease_is_answered_at_its_commit_and_later_writes_after_their_sync() {
+        use vow_store_conformance::fixtures::{insert_one, lease, tenant, DynStore, T0};
+        let dir = tempfile::tempdir().unwrap();
+        let sqlite = Arc::new(SqliteStore::open(dir.path().join("vow.db")).unwrap());
+        let store: DynStore = sqlite.clone();
+        let t = tenant(&store, "t").await;
+        insert_one(&store, &t, "q", T0).await;
+        let stats = sqlite.writer_stats();
+        sqlite
+            .durability
+            .sync_delay_ms
+            .store(500, Ordering::Relaxed);
+        let commits = stats.commits.load(Ordering::Acquire);
+        let syncs = stats.syncs.load(Ordering::Acquire);
+        assert_eq!(lease(&store, &t, "q", 1, None, T0).await.len(), 1);
+        assert_eq!(stats.commits.load(Ordering::Acquire), commits + 1);
+        assert_eq!(
+            stats.syncs.load(Ordering::Acquire),
+            syncs,
+            "the lease was answered before any sync after its commit returned"
+        );
+        insert_one(&store, &t, "q", T0).await;
+        assert_synced(stats, 0);
     }
 
     /// The sizes of the write-ahead log and of the database file at `path`.
