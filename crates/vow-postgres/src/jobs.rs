@@ -687,6 +687,11 @@ pub(crate) fn lease_sql() -> &'static str {
 /// ordered index scan of `jobs_lease` (`deliveries_due`) whatever the statistics say.
 pub(crate) const LEASE_SETTINGS: &str = "SET LOCAL enable_sort = off; SET LOCAL jit = off";
 
+/// The lease's own transaction settings: [`LEASE_SETTINGS`], and a commit that does
+/// not wait for the WAL flush (see [`lease`]).
+pub(crate) const LEASE_TX_SETTINGS: &str =
+    "SET LOCAL enable_sort = off; SET LOCAL jit = off; SET LOCAL synchronous_commit = off";
+
 /// One statement: pick up to `max_jobs` available jobs of an unpaused queue with
 /// `FOR UPDATE SKIP LOCKED` (concurrent leases never wait for each other nor take the
 /// same job), apply `Op::Lease` to them, log the `leased` events, return the jobs.
@@ -707,6 +712,12 @@ pub(crate) async fn lease(
     // transaction (sent in the same round trip), which leaves the ordered index scan;
     // the few rows the statement itself sorts are still sorted. Their penalty cost
     // would make the plan look expensive enough to JIT-compile (0.4 s), so no JIT.
+    //
+    // The commit does not wait for the WAL flush: a lease promises a client nothing
+    // durable. A crash of PostgreSQL's host before the flush takes the lease back;
+    // the job is then available again and runs again, as after an expired lease, and
+    // its first holder's outcome is refused (the lease id it holds is gone). Every
+    // later synchronous commit (an ack, an enqueue) flushes the WAL past this one.
     let params: [&(dyn ToSql + Sync); 7] = [
         &p.tenant_id.as_str(),
         &p.queue.as_str(),
@@ -718,7 +729,7 @@ pub(crate) async fn lease(
     ];
     // Settings, lease and `COMMIT` in one round trip (with the `BEGIN` before them).
     let (set, rows) = tokio::join!(
-        tx.batch_execute(LEASE_SETTINGS),
+        tx.batch_execute(LEASE_TX_SETTINGS),
         query_and_commit(tx, fx, lease_sql(), &params)
     );
     set.map_err(pg_err)?;

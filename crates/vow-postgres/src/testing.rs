@@ -363,7 +363,7 @@ impl Cluster {
 
 /// The lease statement and the settings it runs under, for tests that check its plan.
 pub fn lease_statement() -> (&'static str, &'static str) {
-    (crate::jobs::lease_sql(), crate::jobs::LEASE_SETTINGS)
+    (crate::jobs::lease_sql(), crate::jobs::LEASE_TX_SETTINGS)
 }
 
 /// The read of a queue's oldest available job (`$1` tenant, `$2` queue), for tests that
@@ -372,9 +372,14 @@ pub fn oldest_statement() -> &'static str {
     crate::tenants::OLDEST_SQL
 }
 
+/// The settings the deliveries claim runs under, for tests that check its plan.
+pub fn claim_settings() -> &'static str {
+    crate::jobs::LEASE_SETTINGS
+}
+
 /// The deliveries claim's pick for `fetch` rows (`$1` now, `$2`/`$3` tenants and
 /// endpoints at their cap), for tests that check its plan; it runs under
-/// [`lease_statement`]'s settings.
+/// [`claim_settings`].
 pub fn claim_statement(fetch: usize) -> String {
     crate::notices::claim_sql(fetch)
 }

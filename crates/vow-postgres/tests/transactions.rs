@@ -154,6 +154,13 @@ async fn the_lease_walks_its_index_without_statistics() {
     assert!(analyzed < 0.0, "the jobs table has no statistics yet");
     let (sql, settings) = vow_postgres::testing::lease_statement();
     tx.batch_execute(settings).await.unwrap();
+    // The lease's commit does not wait for the WAL flush: it promises nothing durable.
+    let commit: String = tx
+        .query_one("SHOW synchronous_commit", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(commit, "off");
     let none: Option<i64> = None;
     let lease_ids = vec!["lease".to_owned()];
     let plan: Vec<String> = tx
@@ -229,8 +236,9 @@ async fn the_deliveries_claim_walks_its_index() {
         .await
         .unwrap();
     let tx = admin.transaction().await.unwrap();
-    let (_, settings) = vow_postgres::testing::lease_statement();
-    tx.batch_execute(settings).await.unwrap();
+    tx.batch_execute(vow_postgres::testing::claim_settings())
+        .await
+        .unwrap();
     let sql = vow_postgres::testing::claim_statement(128);
     tx.batch_execute(&format!("PREPARE claim AS {sql}"))
         .await
