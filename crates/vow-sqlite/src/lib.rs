@@ -27,7 +27,8 @@
 //! an expired lease, and the first worker's outcome is refused, since the lease id it
 //! holds is gone. A process crash (`kill -9`) takes nothing back: the log's pages are
 //! in the kernel's cache. Every later answered write is synced after the lease's
-//! commit, so the lease is durable before any outcome recorded under it.
+//! commit, so the lease is durable before any outcome recorded under it. The lease's
+//! job events are still published only once it is durable, in the log's order.
 
 mod jobs;
 mod notices;
@@ -98,7 +99,8 @@ type Finish = Box<dyn FnOnce(Result<(), Arc<str>>) + Send>;
 /// transaction has ended ([`Ran`]).
 type WriteCmd = Box<dyn FnOnce(&Connection, bool) -> Ran + Send>;
 
-/// When a write command's caller is answered (and its effects published).
+/// When a write command's caller is answered. Its effects are published once its
+/// transaction is durable either way.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Answer {
     /// Once its transaction has been synced: what a client is told is saved is on disk.
@@ -109,12 +111,16 @@ enum Answer {
     Committed,
 }
 
-/// What a write command left once it ran: what to do once its transaction has ended,
-/// whether it failed, and when to do it.
+/// What a write command left once it ran.
 struct Ran {
+    /// What to do once its transaction is durable (or has failed): publish its effects
+    /// and, but for [`Answer::Committed`], answer its caller.
     finish: Finish,
+    /// For [`Answer::Committed`]: answers its caller as soon as the transaction has
+    /// ended, before the sync.
+    at_commit: Option<Finish>,
+    /// Whether the command failed (its changes rolled back).
     failed: bool,
-    answer: Answer,
 }
 type ReadCmd = Box<dyn FnOnce(&Connection) + Send>;
 
@@ -410,21 +416,35 @@ impl SqliteStore {
                 }
             };
             let failed = out.is_err();
-            let finish: Finish = Box::new(move |commit: Result<(), Arc<str>>| {
-                let out = match (commit, out) {
-                    (Ok(()), Ok(v)) => {
-                        effects.apply(&bus);
-                        Ok(v)
-                    }
+            let answer_with = move |commit: Result<(), Arc<str>>| {
+                let _ = tx.send(match (commit, out) {
+                    (Ok(()), out) => out,
                     (Err(e), Ok(_)) => Err(unavailable(e)),
-                    (_, Err(e)) => Err(e),
-                };
-                let _ = tx.send(out);
-            });
-            Ran {
-                finish,
-                failed,
-                answer,
+                    (Err(_), Err(e)) => Err(e),
+                });
+            };
+            // The effects (wake-ups, job events) are published once durable, whenever
+            // the caller is answered: a stream never shows what a power loss could take
+            // back, and the events go out in the order of the log.
+            let publish = move |commit: &Result<(), Arc<str>>| {
+                if commit.is_ok() && !failed {
+                    effects.apply(&bus);
+                }
+            };
+            match answer {
+                Answer::Synced => Ran {
+                    finish: Box::new(move |commit| {
+                        publish(&commit);
+                        answer_with(commit);
+                    }),
+                    at_commit: None,
+                    failed,
+                },
+                Answer::Committed => Ran {
+                    finish: Box::new(move |commit| publish(&commit)),
+                    at_commit: Some(Box::new(answer_with)),
+                    failed,
+                },
             }
         });
         let alone = short && writing.alone() && self.writer.is_empty();
@@ -587,7 +607,11 @@ impl WriteSide {
             return None;
         }
         let stats = &*self.sync.stats;
-        let Ran { finish, failed, .. } = cmd(&conn, true);
+        let Ran {
+            finish,
+            at_commit,
+            failed,
+        } = cmd(&conn, true);
         stats.commands.fetch_add(1, Ordering::Relaxed);
         stats.inline.fetch_add(1, Ordering::Relaxed);
         metrics::counter!("vow_sqlite_write_commands_total").increment(1);
@@ -599,6 +623,9 @@ impl WriteSide {
             + 1;
         let (commit, wrote) = self.end_transaction(&conn, failed);
         drop(conn);
+        if let Some(answer) = at_commit {
+            answer(commit.clone());
+        }
         if wrote {
             self.sync.log();
         }
@@ -881,11 +908,10 @@ fn writer_loop(
         let mut run = |cmd: WriteCmd| {
             let r = cmd(&conn, alone);
             failed |= r.failed;
-            match r.answer {
-                Answer::Synced => finishers.push(r.finish),
-                Answer::Committed => at_commit.push(r.finish),
-            }
-            r.answer == Answer::Committed
+            finishers.push(r.finish);
+            let early = r.at_commit.is_some();
+            at_commit.extend(r.at_commit);
+            early
         };
         let mut commit_now = run(first);
         let mut ran = 1;
@@ -924,8 +950,8 @@ fn writer_loop(
         // A lone command that failed ran without a savepoint: undo whatever it wrote.
         let (commit, wrote) = side.end_transaction(&conn, alone && failed);
         let answered_early = !at_commit.is_empty();
-        for finish in at_commit {
-            finish(commit.clone());
+        for answer in at_commit {
+            answer(commit.clone());
         }
         if in_flight == 0 && rx.is_empty() && !answered_early {
             // Nothing waits to run and nothing is being synced, so there is nothing to
@@ -980,8 +1006,8 @@ impl Store for SqliteStore {
                 });
                 Ran {
                     finish,
+                    at_commit: None,
                     failed: false,
-                    answer: Answer::Synced,
                 }
             });
             if self.writer.send(barrier).is_ok() {
@@ -1254,8 +1280,8 @@ mod tests {
         let noop = || -> WriteCmd {
             Box::new(|_, _| Ran {
                 finish: Box::new(|_| {}),
+                at_commit: None,
                 failed: false,
-                answer: Answer::Synced,
             })
         };
         let (tx, rx) = crossbeam_channel::unbounded::<WriteCmd>();
@@ -1332,11 +1358,12 @@ mod tests {
         );
     }
 
-    /// A lease is answered once committed, before its sync; a write after it is still
-    /// answered only after a sync, which covers the lease too. With every sync slowed
-    /// to 500 ms, the lease returns while its own sync still sleeps.
+    /// A lease is answered once committed, before its sync, but its event is published
+    /// only after the sync; a write after it is still answered only after a sync, which
+    /// covers the lease too. With every sync slowed to 500 ms, the lease returns while
+    /// its own sync still sleeps.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_lease_is_answered_at_its_commit_and_later_writes_after_their_sync() {
+    async fn a_lease_is_answered_at_its_commit_and_published_after_its_sync() {
         use vow_store_conformance::fixtures::{insert_one, lease, tenant, DynStore, T0};
         let dir = tempfile::tempdir().unwrap();
         let sqlite = Arc::new(SqliteStore::open(dir.path().join("vow.db")).unwrap());
@@ -1350,15 +1377,24 @@ mod tests {
             .store(500, Ordering::Relaxed);
         let commits = stats.commits.load(Ordering::Acquire);
         let syncs = stats.syncs.load(Ordering::Acquire);
-        assert_eq!(lease(&store, &t, "q", 1, None, T0).await.len(), 1);
+        let mut events = sqlite.bus().subscribe();
+        let leased = lease(&store, &t, "q", 1, None, T0).await;
+        assert_eq!(leased.len(), 1);
         assert_eq!(stats.commits.load(Ordering::Acquire), commits + 1);
         assert_eq!(
             stats.syncs.load(Ordering::Acquire),
             syncs,
             "the lease was answered before any sync after its commit returned"
         );
+        assert!(
+            events.try_recv().is_err(),
+            "the leased event is not published before the sync"
+        );
         insert_one(&store, &t, "q", T0).await;
         assert_synced(stats, 0);
+        let first = events.try_recv().expect("published once synced");
+        assert_eq!(first.event.job_id, leased[0].id);
+        assert_eq!(first.event.kind, vow_core::machine::EventKind::Leased);
     }
 
     /// The sizes of the write-ahead log and of the database file at `path`.
