@@ -155,12 +155,7 @@ async fn the_lease_walks_its_index_without_statistics() {
     let (sql, settings) = vow_postgres::testing::lease_statement();
     tx.batch_execute(settings).await.unwrap();
     // The lease's commit does not wait for the WAL flush: it promises nothing durable.
-    let commit: String = tx
-        .query_one("SHOW synchronous_commit", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(commit, "off");
+    assert_eq!(show(&tx, "synchronous_commit").await, "off");
     let none: Option<i64> = None;
     let lease_ids = vec!["lease".to_owned()];
     let plan: Vec<String> = tx
@@ -421,12 +416,15 @@ async fn sessions_commit_durably_and_plan_generically_whatever_the_defaults() {
         .await
         .unwrap();
     tokio::spawn(conn);
-    let sync: String = other
-        .query_one("SHOW synchronous_commit", &[])
+    assert_eq!(show(&other, "synchronous_commit").await, "off");
+}
+
+/// A setting's value in `c`'s session (or transaction).
+async fn show(c: &impl tokio_postgres::GenericClient, name: &str) -> String {
+    c.query_one(&format!("SHOW {name}"), &[])
         .await
         .unwrap()
-        .get(0);
-    assert_eq!(sync, "off");
+        .get(0)
 }
 
 /// A lease runs with its `COMMIT` in one round trip. When the statement fails (here: the

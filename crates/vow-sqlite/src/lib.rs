@@ -1364,11 +1364,8 @@ mod tests {
     /// its own sync still sleeps.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_lease_is_answered_at_its_commit_and_published_after_its_sync() {
-        use vow_store_conformance::fixtures::{insert_one, lease, tenant, DynStore, T0};
-        let dir = tempfile::tempdir().unwrap();
-        let sqlite = Arc::new(SqliteStore::open(dir.path().join("vow.db")).unwrap());
-        let store: DynStore = sqlite.clone();
-        let t = tenant(&store, "t").await;
+        use vow_store_conformance::fixtures::{insert_one, lease, T0};
+        let (_dir, sqlite, store, t) = store_with_tenant().await;
         insert_one(&store, &t, "q", T0).await;
         let stats = sqlite.writer_stats();
         sqlite
@@ -1395,6 +1392,21 @@ mod tests {
         let first = events.try_recv().expect("published once synced");
         assert_eq!(first.event.job_id, leased[0].id);
         assert_eq!(first.event.kind, vow_core::machine::EventKind::Leased);
+    }
+
+    /// A store in a new temporary directory (kept while the first value lives), as
+    /// itself and as a `dyn Store`, with a tenant `t`.
+    async fn store_with_tenant() -> (
+        tempfile::TempDir,
+        Arc<SqliteStore>,
+        vow_store_conformance::fixtures::DynStore,
+        TenantId,
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let sqlite = Arc::new(SqliteStore::open(dir.path().join("vow.db")).unwrap());
+        let store: vow_store_conformance::fixtures::DynStore = sqlite.clone();
+        let t = vow_store_conformance::fixtures::tenant(&store, "t").await;
+        (dir, sqlite, store, t)
     }
 
     /// The sizes of the write-ahead log and of the database file at `path`.
@@ -1657,11 +1669,8 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn available_jobs_list_alike_with_and_without_a_backlog() {
         use vow_core::JobState;
-        use vow_store_conformance::fixtures::{insert_one, lease, q, tenant, DynStore, T0};
-        let dir = tempfile::tempdir().unwrap();
-        let sqlite = Arc::new(SqliteStore::open(dir.path().join("vow.db")).unwrap());
-        let store: DynStore = sqlite.clone();
-        let t = tenant(&store, "t").await;
+        use vow_store_conformance::fixtures::{insert_one, lease, q, T0};
+        let (_dir, sqlite, store, t) = store_with_tenant().await;
         let mut ids = Vec::new();
         for i in 0..6 {
             ids.push(insert_one(&store, &t, "q", T0.plus_ms(i)).await.id);
