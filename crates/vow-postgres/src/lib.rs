@@ -58,6 +58,20 @@ use vow_store::*;
 
 pub use schema::MIGRATIONS;
 
+/// `url` (a `postgres://` URL) with its database replaced by `db`, its parameters kept.
+pub fn url_with_database(url: &str, db: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, format!("?{q}")),
+        None => (url, String::new()),
+    };
+    let scheme_end = base.find("://").map(|i| i + 3).unwrap_or(0);
+    let host_part = match base[scheme_end..].find('/') {
+        Some(i) => &base[..scheme_end + i],
+        None => base,
+    };
+    format!("{host_part}/{db}{query}")
+}
+
 /// Settings of a [`PgStore`], parsed from its URL.
 #[derive(Debug, Clone)]
 pub struct PgConfig {
@@ -805,5 +819,19 @@ impl Store for PgStore {
     async fn webhook_secret_rotate(&self, p: &SecretRotate) -> StoreResult<WebhookView> {
         self.with(|c| async move { notices::webhook_secret_rotate(&c, p).await })
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::url_with_database;
+
+    #[test]
+    fn replaces_the_database_of_a_url() {
+        assert_eq!(
+            url_with_database("postgres://u:p@h:5/db?sslmode=disable", "x"),
+            "postgres://u:p@h:5/x?sslmode=disable"
+        );
+        assert_eq!(url_with_database("postgres://h", "x"), "postgres://h/x");
     }
 }

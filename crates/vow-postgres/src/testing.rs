@@ -164,20 +164,6 @@ fn free_port() -> u16 {
         .unwrap_or(55_432)
 }
 
-/// Replaces the database of a `postgres://` URL.
-fn with_database(url: &str, db: &str) -> String {
-    let (base, query) = match url.split_once('?') {
-        Some((b, q)) => (b, format!("?{q}")),
-        None => (url, String::new()),
-    };
-    let scheme_end = base.find("://").map(|i| i + 3).unwrap_or(0);
-    let host_part = match base[scheme_end..].find('/') {
-        Some(i) => &base[..scheme_end + i],
-        None => base,
-    };
-    format!("{host_part}/{db}{query}")
-}
-
 impl Cluster {
     /// The cluster of this test process: `VOW_TEST_DATABASE_URL`, or a throwaway one
     /// started on first use.
@@ -193,7 +179,7 @@ impl Cluster {
     /// database of the same server).
     pub fn at(url: &str) -> Cluster {
         Cluster {
-            admin_url: with_database(url, "postgres"),
+            admin_url: crate::url_with_database(url, "postgres"),
             owned: None,
         }
     }
@@ -353,7 +339,7 @@ impl Cluster {
         let name = format!("vow_test_{:016x}", nonce());
         psql(&bin, &self.admin_url, &format!("CREATE DATABASE {name}")).expect("CREATE DATABASE");
         TestDb {
-            url: with_database(&self.admin_url, &name),
+            url: crate::url_with_database(&self.admin_url, &name),
             name,
             admin_url: self.admin_url.clone(),
             bin,
@@ -425,18 +411,4 @@ pub async fn migrate_through(client: &mut tokio_postgres::Client, version: i64) 
 pub async fn roll_up_counts(store: &crate::PgStore) -> u64 {
     let conn = store.shared.conn().await.expect("a pooled connection");
     crate::counts::roll_up(&conn).await.expect("roll-up")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::with_database;
-
-    #[test]
-    fn replaces_the_database_of_a_url() {
-        assert_eq!(
-            with_database("postgres://u:p@h:5/db?sslmode=disable", "x"),
-            "postgres://u:p@h:5/x?sslmode=disable"
-        );
-        assert_eq!(with_database("postgres://h", "x"), "postgres://h/x");
-    }
 }

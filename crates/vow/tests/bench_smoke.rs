@@ -295,3 +295,48 @@ fn an_existing_server_is_benched_on_a_queue_of_its_own() {
         "{error}"
     );
 }
+
+/// On PostgreSQL every workload starts on a freshly reset store (BENCH.md): a database
+/// of its own, made through `--store` and dropped after the workload.
+#[test]
+fn on_postgres_each_workload_runs_in_a_database_of_its_own() {
+    let db = vow_postgres::testing::Cluster::shared().database();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let query = |sql: &str| -> Vec<tokio_postgres::Row> {
+        rt.block_on(async { db.client().await.query(sql, &[]).await.unwrap() })
+    };
+    let bench_databases = || -> Vec<String> {
+        query("SELECT datname FROM pg_database WHERE datname LIKE 'vow_bench_%'")
+            .iter()
+            .map(|r| r.get(0))
+            .collect()
+    };
+    let before = bench_databases();
+    let dir = tempfile::tempdir().unwrap();
+    let out_path = dir.path().join("results.json");
+    let out = bench(&["--workloads", "W1,W4", "--store", &db.url], &out_path);
+    assert_success(&out);
+    let report = read_json(&out_path);
+    assert_eq!(report["store"], "postgres");
+    for id in ["W1", "W4"] {
+        let w = workload(&report, id);
+        assert_eq!(w["store_reset"], "a database of its own", "{w:#}");
+        assert_eq!(w["counts_ok"], true, "{w:#}");
+    }
+    let left: Vec<String> = bench_databases()
+        .into_iter()
+        .filter(|d| !before.contains(d))
+        .collect();
+    assert!(
+        left.is_empty(),
+        "the workloads' databases were dropped: {left:?}"
+    );
+    let tables: i64 = query("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'")[0].get(0);
+    assert_eq!(
+        tables, 0,
+        "nothing was written to the --store database itself"
+    );
+}

@@ -347,7 +347,8 @@ async fn run_one(target: &Target, r: &mut WorkloadResult) -> anyhow::Result<()> 
     let counts = verify(client, queue).await?;
     r.counts_ok = counts_ok(&r.id, n, &counts);
     r.counts = Some(counts);
-    session.finish()?;
+    r.store_reset = Some(session.store_reset.to_owned());
+    session.finish().await?;
     r.ok = r.counts_ok && r.duplicates == 0;
     if let Some(problems) = r.notices.as_ref().map(|nf| &nf.problems) {
         if !problems.is_empty() {

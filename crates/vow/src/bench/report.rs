@@ -145,6 +145,9 @@ pub struct WorkloadResult {
     pub bar: Option<Bar>,
     /// Whether the figure meets it.
     pub meets_bar: Option<bool>,
+    /// What the workload started on: a data dir, a PostgreSQL database, a tenant or a
+    /// queue of its own.
+    pub store_reset: Option<String>,
 }
 
 impl WorkloadResult {
@@ -174,6 +177,7 @@ impl WorkloadResult {
             duplicates: 0,
             bar: None,
             meets_bar: None,
+            store_reset: None,
         }
     }
 

@@ -110,8 +110,18 @@ impl Target {
     pub async fn session(&self, tag: &str, loopback_notices: bool) -> anyhow::Result<Session> {
         match self {
             Target::Spawn { store, config } => {
+                let database = match store.as_deref() {
+                    Some(url) if store_kind_of(url) == "postgres" => {
+                        FreshDatabase::create(url, tag).await?
+                    }
+                    _ => None,
+                };
+                let child_store = match (&database, store) {
+                    (Some(db), Some(url)) => Some(vow_postgres::url_with_database(url, &db.name)),
+                    _ => store.clone(),
+                };
                 let mut server = ChildServer::start(
-                    store.as_deref(),
+                    child_store.as_deref(),
                     config.as_ref().map(|c| c.path.as_path()),
                     loopback_notices,
                 )?;
@@ -135,7 +145,13 @@ impl Target {
                     client: Client::new(&server.url, &key.key)?,
                     queue: "bench".to_owned(),
                     server_pid: Some(server.child.id()),
+                    store_reset: match (&database, store) {
+                        (Some(_), _) => "a database of its own",
+                        (None, Some(_)) => "a tenant of its own (shared database)",
+                        (None, None) => "a data dir of its own",
+                    },
                     child: Some(server),
+                    database,
                 })
             }
             Target::External { url, api_key, pid } => {
@@ -149,7 +165,9 @@ impl Target {
                     // A queue of its own per run and workload: counts start at zero.
                     queue: format!("bench-{}-{tag}", unix_ms()),
                     server_pid: *pid,
+                    store_reset: "a queue of its own (external server)",
                     child: None,
+                    database: None,
                 })
             }
         }
@@ -176,18 +194,91 @@ pub struct Session {
     pub queue: String,
     /// The server's pid, if known.
     pub server_pid: Option<u32>,
+    /// How the store was reset for the workload (BENCH.md: a freshly reset store).
+    pub store_reset: &'static str,
     child: Option<ChildServer>,
+    database: Option<FreshDatabase>,
 }
 
 impl Session {
-    /// Stops the child server, if the bench started one. A server that already exited
-    /// (crashed) is reported with its log's last lines.
-    pub fn finish(mut self) -> anyhow::Result<()> {
-        match self.child.take() {
+    /// Stops the child server, if the bench started one, then drops the workload's
+    /// database, if it had one. A server that already exited (crashed) is reported with
+    /// its log's last lines.
+    pub async fn finish(mut self) -> anyhow::Result<()> {
+        let stopped = match self.child.take() {
             Some(child) => child.stop(),
             None => Ok(()),
+        };
+        if let Some(db) = self.database.take() {
+            db.drop_database().await?;
         }
+        stopped
     }
+}
+
+/// A PostgreSQL database made for one workload on the cluster of `--store`, so that
+/// every workload starts on a freshly reset store (BENCH.md): no rows, dead tuples or
+/// WAL of the workloads before it. Dropped by [`Session::finish`].
+#[derive(Debug)]
+struct FreshDatabase {
+    /// `--store`: the connection it is created and dropped through.
+    admin: String,
+    name: String,
+}
+
+impl FreshDatabase {
+    /// Creates `vow_bench_<tag>_<ms>` through `store`, then checkpoints the cluster where
+    /// the role may, so that the WAL of the workloads before does not set off a
+    /// checkpoint during this one. `None` when the role may not create databases: the
+    /// workload then runs in `store`'s own database, on a tenant of its own (said on
+    /// stderr and in the JSON).
+    async fn create(store: &str, tag: &str) -> anyhow::Result<Option<Self>> {
+        let client = admin_client(store).await?;
+        let name = format!("vow_bench_{tag}_{}", unix_ms());
+        if let Err(e) = client
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+        {
+            eprintln!(
+                "note: cannot create a database for {tag} ({:#}); it runs in the --store \
+                 database, on a tenant of its own",
+                anyhow::Error::new(e)
+            );
+            return Ok(None);
+        }
+        if let Err(e) = client.batch_execute("CHECKPOINT").await {
+            tracing::debug!(error = %e, "no checkpoint before the workload");
+        }
+        Ok(Some(Self {
+            admin: store.to_owned(),
+            name,
+        }))
+    }
+
+    /// Drops the database (closing any connection left to it).
+    async fn drop_database(self) -> anyhow::Result<()> {
+        admin_client(&self.admin)
+            .await?
+            .batch_execute(&format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.name
+            ))
+            .await
+            .with_context(|| format!("dropping the bench database {}", self.name))
+    }
+}
+
+/// A plain connection to the database of `store` (a `--store` URL).
+async fn admin_client(store: &str) -> anyhow::Result<tokio_postgres::Client> {
+    let config = vow_postgres::PgConfig::from_url(store)
+        .map_err(|e| anyhow::anyhow!("bad --store URL: {e}"))?;
+    let (client, conn) = config
+        .pg
+        .connect(tokio_postgres::NoTls)
+        .await
+        .context("connecting to the --store database")?;
+    tokio::spawn(conn);
+    Ok(client)
 }
 
 /// A `vow serve` child with its own data dir; killed and cleaned up on drop.
