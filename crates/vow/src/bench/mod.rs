@@ -348,7 +348,7 @@ async fn run_one(target: &Target, r: &mut WorkloadResult) -> anyhow::Result<()> 
     r.counts_ok = counts_ok(&r.id, n, &counts);
     r.counts = Some(counts);
     r.store_reset = Some(session.store_reset.to_owned());
-    session.finish().await?;
+    session.finish()?;
     r.ok = r.counts_ok && r.duplicates == 0;
     if let Some(problems) = r.notices.as_ref().map(|nf| &nf.problems) {
         if !problems.is_empty() {

@@ -151,7 +151,7 @@ impl Target {
                         (None, None) => "a data dir of its own",
                     },
                     child: Some(server),
-                    database,
+                    _database: database,
                 })
             }
             Target::External { url, api_key, pid } => {
@@ -167,7 +167,7 @@ impl Target {
                     server_pid: *pid,
                     store_reset: "a queue of its own (external server)",
                     child: None,
-                    database: None,
+                    _database: None,
                 })
             }
         }
@@ -196,29 +196,26 @@ pub struct Session {
     pub server_pid: Option<u32>,
     /// How the store was reset for the workload (BENCH.md: a freshly reset store).
     pub store_reset: &'static str,
+    // Dropped in this order: the server first, then its database (held for its drop).
     child: Option<ChildServer>,
-    database: Option<FreshDatabase>,
+    _database: Option<FreshDatabase>,
 }
 
 impl Session {
     /// Stops the child server, if the bench started one, then drops the workload's
-    /// database, if it had one. A server that already exited (crashed) is reported with
-    /// its log's last lines.
-    pub async fn finish(mut self) -> anyhow::Result<()> {
-        let stopped = match self.child.take() {
+    /// database, if it had one (as dropping the session does, on an early return). A
+    /// server that already exited (crashed) is reported with its log's last lines.
+    pub fn finish(mut self) -> anyhow::Result<()> {
+        match self.child.take() {
             Some(child) => child.stop(),
             None => Ok(()),
-        };
-        if let Some(db) = self.database.take() {
-            db.drop_database().await?;
         }
-        stopped
     }
 }
 
 /// A PostgreSQL database made for one workload on the cluster of `--store`, so that
 /// every workload starts on a freshly reset store (BENCH.md): no rows, dead tuples or
-/// WAL of the workloads before it. Dropped by [`Session::finish`].
+/// WAL of the workloads before it. Dropped with its [`Session`], after the server.
 #[derive(Debug)]
 struct FreshDatabase {
     /// `--store`: the connection it is created and dropped through.
@@ -254,17 +251,26 @@ impl FreshDatabase {
             name,
         }))
     }
+}
 
-    /// Drops the database (closing any connection left to it).
-    async fn drop_database(self) -> anyhow::Result<()> {
-        admin_client(&self.admin)
-            .await?
-            .batch_execute(&format!(
-                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-                self.name
-            ))
-            .await
-            .with_context(|| format!("dropping the bench database {}", self.name))
+impl Drop for FreshDatabase {
+    /// Drops the database (closing any connection left to it), on a thread and runtime
+    /// of its own: it is dropped from async code, whose runtime cannot block on it.
+    fn drop(&mut self) {
+        let (admin, name) = (self.admin.clone(), self.name.clone());
+        let sql = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
+        let dropped = std::thread::spawn(move || -> anyhow::Result<()> {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?
+                .block_on(async { Ok(admin_client(&admin).await?.batch_execute(&sql).await?) })
+        })
+        .join();
+        match dropped {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => eprintln!("warning: cannot drop the bench database {name}: {e:#}"),
+            Err(_) => eprintln!("warning: dropping the bench database {name} panicked"),
+        }
     }
 }
 
